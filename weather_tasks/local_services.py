@@ -1,0 +1,142 @@
+"""Local stand-ins for the production services, as real processes on 127.0.0.1.
+
+Used by the demo, the tests and the benchmarks: an S3 server (moto in server mode,
+spoken to over HTTP by boto3 exactly as AWS or MinIO would be) and an MLflow tracking
+server with its registry and artifacts on that S3 server. Nothing here is used in
+production, where the compose file (or AWS) provides the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# moto accepts any credentials; these exist only so boto3 finds some.
+LOCAL_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "local-test-key",
+    "AWS_SECRET_ACCESS_KEY": "local-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class Service:
+    """A started server process; ``stop()`` ends it."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Kill hard (SIGKILL), as a crashed server would die."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A console script of this virtual environment (falls back to PATH)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def _start(
+    name: str, cmd: list[str], url: str, health: str, log_dir: Path, env: dict[str, str],
+    timeout: float,
+) -> Service:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        start_new_session=True,
+    )
+    service = Service(name=name, url=url, process=proc, log_path=log_path, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{service.log_tail()}")
+        try:
+            with urllib.request.urlopen(url + health, timeout=2) as resp:
+                if resp.status < 500:
+                    return service
+        except OSError:
+            time.sleep(0.2)
+    service.stop()
+    raise RuntimeError(f"{name} did not answer at {url}{health} in {timeout}s:\n{service.log_tail()}")
+
+
+def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60) -> Service:
+    """moto's S3 server on 127.0.0.1 (state in memory: it lasts as long as the process)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return _start(
+        "s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url,
+        "/moto-api/", log_dir, dict(LOCAL_S3_ENV), timeout,
+    )
+
+
+def start_mlflow_server(
+    log_dir: Path,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    s3_endpoint_url: str | None,
+    port: int | None = None,
+    timeout: float = 120,
+) -> Service:
+    """An MLflow tracking server + registry; artifacts proxied to ``artifacts_destination``.
+
+    ``backend_store_uri``: ``sqlite:///path.db`` or ``postgresql://...``.
+    ``artifacts_destination``: e.g. ``s3://bucket/mlflow`` (the S3 server at ``s3_endpoint_url``).
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(LOCAL_S3_ENV)
+    if s3_endpoint_url:
+        env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
+    cmd = [
+        _bin("mlflow"), "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts_destination,
+        "--workers", "1",
+    ]
+    return _start("mlflow", cmd, url, "/health", log_dir, env, timeout)
+
+
+def ensure_bucket(s3: object, bucket: str) -> None:
+    """Create ``bucket`` unless it exists (local servers only; production buckets are provisioned)."""
+    try:
+        s3.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    except Exception:
+        s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
