@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        cfg = config.from_env(**{k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None})
+        flags = {k: getattr(args, k, None) for k in _OVERRIDES}
+        cfg = config.from_env(**{k: v for k, v in flags.items() if v is not None})
         result = args.func(cfg, args)
     except ConfigError as exc:
         print(f"weather: configuration error: {exc}", file=sys.stderr)

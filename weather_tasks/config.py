@@ -214,9 +214,7 @@ def _validate(c: PipelineConfig) -> None:
             f"{value!r} must be an integer in [{low}, {high}]",
         )
     _require(c.model in MODELS, "model", f"{c.model!r} must be one of {', '.join(MODELS)}")
-    _require(
-        c.precision in PRECISIONS, "precision", f"{c.precision!r} must be one of {PRECISIONS}"
-    )
+    _require(c.precision in PRECISIONS, "precision", f"{c.precision!r} must be one of {PRECISIONS}")
     _require(0 < c.learning_rate < 1, "learning_rate", f"{c.learning_rate} must be in (0, 1)")
     _require(0 < c.lr_factor < 1, "lr_factor", f"{c.lr_factor} must be in (0, 1)")
     _require(0 <= c.lr_min < c.learning_rate, "lr_min", "must be in [0, learning_rate)")

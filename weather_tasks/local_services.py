@@ -71,14 +71,22 @@ def _bin(name: str) -> str:
 
 
 def _start(
-    name: str, cmd: list[str], url: str, health: str, log_dir: Path, env: dict[str, str],
+    name: str,
+    cmd: list[str],
+    url: str,
+    health: str,
+    log_dir: Path,
+    env: dict[str, str],
     timeout: float,
 ) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
         start_new_session=True,
     )
     service = Service(name=name, url=url, process=proc, log_path=log_path, env=env)
@@ -93,7 +101,9 @@ def _start(
         except OSError:
             time.sleep(0.2)
     service.stop()
-    raise RuntimeError(f"{name} did not answer at {url}{health} in {timeout}s:\n{service.log_tail()}")
+    raise RuntimeError(
+        f"{name} did not answer at {url}{health} in {timeout}s:\n{service.log_tail()}"
+    )
 
 
 def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60) -> Service:
@@ -101,8 +111,13 @@ def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     return _start(
-        "s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url,
-        "/moto-api/", log_dir, dict(LOCAL_S3_ENV), timeout,
+        "s3",
+        [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        url,
+        "/moto-api/",
+        log_dir,
+        dict(LOCAL_S3_ENV),
+        timeout,
     )
 
 
@@ -125,17 +140,24 @@ def start_mlflow_server(
     if s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
     cmd = [
-        _bin("mlflow"), "server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", artifacts_destination,
-        "--workers", "1",
+        _bin("mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--workers",
+        "1",
     ]
     return _start("mlflow", cmd, url, "/health", log_dir, env, timeout)
 
 
 def ensure_bucket(s3: object, bucket: str) -> None:
-    """Create ``bucket`` unless it exists (local servers only; production buckets are provisioned)."""
+    """Create ``bucket`` unless it exists (local servers only; production provisions it)."""
     try:
         s3.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     except Exception:

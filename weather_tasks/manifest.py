@@ -33,7 +33,13 @@ class ManifestError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageRecord:
+    """One distinct image. ``sha256`` is of the source bytes (its identity, for dedup);
+    ``stored_sha256`` is of the curated file, which is the source itself or, for formats and
+    modes the trainer should not have to handle (GIF, BMP, WebP, grayscale, palette, RGBA),
+    an RGB PNG conversion of it."""
+
     sha256: str
+    stored_sha256: str
     label: str
     split: str
     ext: str
@@ -67,12 +73,10 @@ class Manifest:
     objects: dict[str, ObjectRecord] = field(default_factory=dict)
 
     def split(self, name: str) -> list[ImageRecord]:
-        """Images of one split, sorted by sha256. ``test`` falls back to ``val`` for 2-way ratios."""
+        """Images of one split by sha256; ``test`` falls back to ``val`` for 2-way ratios."""
         if name == "test" and len(self.split_ratios) == 2:
             name = "val"
-        return sorted(
-            (r for r in self.images.values() if r.split == name), key=lambda r: r.sha256
-        )
+        return sorted((r for r in self.images.values() if r.split == name), key=lambda r: r.sha256)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{split: {label: n}} over all images."""
@@ -219,7 +223,7 @@ def fetch_images(
             body = s3.get_object(Bucket=cfg.bucket, Key=curated_key(cfg, rec.sha256, rec.ext))[
                 "Body"
             ].read()
-            if hashlib.sha256(body).hexdigest() != rec.sha256:
+            if hashlib.sha256(body).hexdigest() != rec.stored_sha256:
                 raise ManifestError(f"curated image {rec.sha256} is corrupt in the bucket")
             tmp = path.with_suffix(path.suffix + ".part")
             tmp.write_bytes(body)
