@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ResponseStreamingError
+
 from weather_tasks import manifest as mf
 from weather_tasks import split as sp
 from weather_tasks.config import PipelineConfig
@@ -246,7 +248,7 @@ def _process(cfg: PipelineConfig, s3: Any, obj: _Listed, base: Manifest) -> _Out
             reason="too_many_bytes",
             detail=f"{obj.size} bytes > {cfg.max_object_bytes}",
         )
-    data = s3.get_object(Bucket=cfg.bucket, Key=obj.key, IfMatch=obj.etag)["Body"].read()
+    data = _download(cfg, s3, obj)
     sha = hashlib.sha256(data).hexdigest()
     known = base.images.get(sha)
     if known is not None:  # content already curated: no need to decode or store it again
@@ -273,6 +275,19 @@ def _process(cfg: PipelineConfig, s3: Any, obj: _Listed, base: Manifest) -> _Out
         valid.width,
         valid.height,
     )
+
+
+def _download(cfg: PipelineConfig, s3: Any, obj: _Listed) -> bytes:
+    """GET with botocore's retries, plus retries of a body stream cut mid-read (which
+    botocore leaves to the caller), with the same exponential backoff."""
+    for attempt in range(1, cfg.s3_max_attempts + 1):
+        try:
+            return s3.get_object(Bucket=cfg.bucket, Key=obj.key, IfMatch=obj.etag)["Body"].read()
+        except ResponseStreamingError:
+            if attempt == cfg.s3_max_attempts:
+                raise
+            time.sleep(min(20.0, 0.5 * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
 
 
 def _merge(cfg: PipelineConfig, base: Manifest, outcomes: list[_Outcome]) -> _Merge:

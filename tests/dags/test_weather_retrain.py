@@ -1,0 +1,255 @@
+"""DAG integrity: the DAG files parse cleanly, cheaply, and say what the issue asks for."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from weather_tasks import config
+from weather_tasks.config import ConfigError
+
+from .conftest import DAGS, REPO
+
+EXPECTED_UPSTREAM = {
+    "ingest": set(),
+    "anything_new": {"ingest"},
+    "train": {"ingest", "anything_new"},
+    "evaluate": {"train"},
+    "promote": {"evaluate"},
+    "report": {"promote"},
+}
+IO_TASKS = ("ingest", "evaluate", "promote")
+
+
+def _load(path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    """Import a DAG file as a fresh module under ``env`` (parse-time settings)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag: Any) -> Any:
+    return dagbag.dags["weather_retrain"]
+
+
+def test_dagbag_imports_without_errors(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+    assert {"weather_retrain", "weather_champion_consumer"} <= set(dagbag.dags)
+
+
+def test_parsing_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's own guard: a DAG file must not fetch connections at parse time."""
+    from airflow.sdk import BaseHook
+
+    with mock.patch.object(BaseHook, "get_connection") as get_connection:
+        for path in sorted(DAGS.glob("*.py")):
+            _load(path, monkeypatch)
+    get_connection.assert_not_called()
+
+
+def test_parsing_imports_no_heavy_library() -> None:
+    """TensorFlow, Keras and MLflow are imported inside tasks, never when the file is parsed."""
+    code = (
+        "import runpy, sys, json\n"
+        f"for f in {[str(p) for p in sorted(DAGS.glob('*.py'))]!r}:\n"
+        "    runpy.run_path(f)\n"
+        "heavy = ('tensorflow', 'keras', 'mlflow', 'boto3', 'sklearn')\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_task_graph(dag: Any) -> None:
+    assert {t.task_id: set(t.upstream_task_ids) for t in dag.tasks} == EXPECTED_UPSTREAM
+
+
+def test_dag_settings(dag: Any) -> None:
+    assert dag.timetable.summary == "0 2 * * *"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert {"weather", "ml"} <= set(dag.tags)
+    assert dag.owner == "ml-platform"
+    assert "weather_retrain.py" in (dag.doc_md or "") and len(dag.doc_md) > 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("30 3 * * 1-5", "30 3 * * 1-5"), ("none", None), ("", None)]
+)
+def test_schedule_comes_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, expected: Any) -> None:
+    module = _load(DAGS / "weather_retrain.py", monkeypatch, WEATHER_SCHEDULE=raw)
+    dag = module.weather_retrain_dag
+    if expected is None:
+        assert dag.schedule is None
+    else:
+        assert dag.timetable.summary == expected
+
+
+def test_io_tasks_retry_with_exponential_backoff(dag: Any) -> None:
+    for task_id in IO_TASKS:
+        task = dag.get_task(task_id)
+        assert task.retries >= 2, task_id
+        assert task.retry_exponential_backoff, task_id
+        assert task.max_retry_delay and task.max_retry_delay <= timedelta(hours=1), task_id
+
+
+def test_training_runs_on_the_gpu_queue_with_a_timeout(dag: Any) -> None:
+    train = dag.get_task("train")
+    assert train.queue == "gpu"
+    assert train.execution_timeout is not None and train.execution_timeout >= timedelta(hours=1)
+    others = [t.queue for t in dag.tasks if t.task_id != "train"]
+    assert "gpu" not in others
+
+
+def test_report_runs_on_nothing_new_nights(dag: Any) -> None:
+    """The short-circuit skips training but not the report (its trigger rule lets it run)."""
+    assert dag.get_task("report").trigger_rule == "none_failed"
+    short = dag.get_task("anything_new")
+    assert short.ignore_downstream_trigger_rules is False
+
+
+@pytest.mark.parametrize(
+    ("accepted", "force", "expected"),
+    [(0, False, False), (0, True, True), (3, False, True), (1, True, True)],
+)
+def test_short_circuit_rule(dag: Any, accepted: int, force: bool, expected: bool) -> None:
+    decide = dag.get_task("anything_new").python_callable
+    assert decide({"accepted": accepted}, params={"force_retrain": force}) is expected
+
+
+# --- params ---------------------------------------------------------------------------------
+
+
+def _validated(dag: Any, **conf: Any) -> dict[str, Any]:
+    params = dag.params.deep_merge(conf)
+    params.validate()
+    return params.dump()
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {},
+        {"force_retrain": True},
+        {"epochs": 1, "batch_size": 8, "image_size": 64, "model": "model_1", "min_delta": 0.01},
+        {"model": "model_3", "min_delta": -0.05},
+        {"epochs": None, "model": None},
+    ],
+)
+def test_valid_params(dag: Any, conf: dict[str, Any]) -> None:
+    assert _validated(dag, **conf) == {**dag.params.dump(), **conf}
+
+
+@pytest.mark.parametrize(
+    ("conf", "name"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"batch_size": 5000}, "batch_size"),
+        ({"image_size": 8}, "image_size"),
+        ({"model": "model_4"}, "model"),
+        ({"min_delta": 2}, "min_delta"),
+        ({"force_retrain": "yes"}, "force_retrain"),
+    ],
+)
+def test_invalid_params_name_the_param(dag: Any, conf: dict[str, Any], name: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=rf"param {name}\b"):
+        _validated(dag, **conf)
+
+
+@pytest.mark.parametrize("name", ["epochs", "batch_size", "image_size", "min_delta"])
+def test_param_bounds_agree_with_the_config(dag: Any, name: str) -> None:
+    """What the trigger form accepts, PipelineConfig accepts, and the edges agree."""
+    schema = dag.params.get_param(name).schema
+    low, high = schema["minimum"], schema["maximum"]
+    step = 1 if "integer" in schema["type"] else 0.001
+    base = config.from_env(environ={})
+    for ok in (low, high):
+        assert getattr(config.override(base, **{name: ok}), name) == ok
+    for bad in (low - step, high + step):
+        with pytest.raises(ConfigError, match=name):
+            config.override(base, **{name: bad})
+
+
+def test_model_param_lists_the_configs_models(dag: Any) -> None:
+    assert [m for m in dag.params.get_param("model").schema["enum"] if m] == list(config.MODELS)
+
+
+def test_run_config_applies_params_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(
+        DAGS / "weather_retrain.py", monkeypatch, WEATHER_EPOCHS="7", WEATHER_MODEL="model_2"
+    )
+    cfg = module.run_config({"epochs": 3, "model": None, "force_retrain": True})
+    assert (cfg.epochs, cfg.model) == (3, "model_2")
+    # Types the JSON schema lets through (2.0 is an "integer") still meet PipelineConfig's check.
+    with pytest.raises(ConfigError, match="epochs"):
+        module.run_config({"epochs": 2.0})
+
+
+# --- the champion Asset ---------------------------------------------------------------------
+
+
+def test_promote_emits_the_champion_through_an_alias(dag: Any, dagbag: Any) -> None:
+    from airflow.sdk import AssetAlias
+
+    (alias,) = dag.get_task("promote").outlets
+    assert isinstance(alias, AssetAlias)
+    consumer = dagbag.dags["weather_champion_consumer"]
+    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    assert module.CHAMPION_UPDATES == alias
+    assert module.CHAMPION.name == "weather-classifier-champion"
+    scheduled_on = [asset for _, asset in consumer.timetable.asset_condition.iter_assets()]
+    assert [(a.name, a.uri) for a in scheduled_on] == [(module.CHAMPION.name, module.CHAMPION.uri)]
+
+
+def test_champion_event_metadata() -> None:
+    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    extra = module._champion_event(
+        {"promoted": True, "version": 4, "alias": "champion", "registered_model": "wc"},
+        {"run_id": "abc", "manifest_version": "v000003", "challenger": {"accuracy": 0.91}},
+    )
+    assert extra["version"] == "4"
+    assert extra["model_uri"] == "models:/wc/4"
+    assert (extra["accuracy"], extra["manifest_version"]) == (0.91, "v000003")
+
+
+# --- the library stays Airflow-free ---------------------------------------------------------
+
+
+def test_weather_tasks_never_imports_airflow() -> None:
+    code = (
+        "import importlib, pkgutil, sys, json\n"
+        "import weather_tasks\n"
+        "pkgs = pkgutil.walk_packages(weather_tasks.__path__, 'weather_tasks.')\n"
+        "names = [m.name for m in pkgs]\n"
+        "for n in names:\n"
+        "    importlib.import_module(n)\n"
+        "bad = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'))\n"
+        "print(json.dumps({'modules': names, 'airflow': bad}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "weather_tasks.config" in result["modules"] and len(result["modules"]) >= 5
+    assert result["airflow"] == []
