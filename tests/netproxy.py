@@ -1,9 +1,11 @@
 """A TCP proxy in front of the S3 server, to make the server fail as seen from the client.
 
-``die_after(n)`` forwards ``n`` more requests, then drops every connection and refuses new
-ones, as a crashed server would; ``revive()`` serves again. ``fail_next(n, status)`` answers
-the next ``n`` requests itself with an HTTP error (503 Slow Down), as a throttling server does.
-The S3 server process behind it keeps its data, so a clean rerun can be checked.
+``delay`` (seconds) is added before each request is forwarded, to stand in for the round
+trip to a remote object store (benchmarks). ``die_after(n)`` forwards ``n`` more requests,
+then drops every connection and refuses new ones, as a crashed server would; ``revive()``
+serves again. ``fail_next(n, status)`` answers the next ``n`` requests itself with an HTTP
+error (503 Slow Down), as a throttling server does. The S3 server process behind it keeps
+its data, so a clean rerun can be checked.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 
 _REQUEST = re.compile(rb"(?:^|\r\n)(GET|PUT|POST|HEAD|DELETE) /")
 
 
 class FlakyProxy:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.delay = delay
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -94,6 +98,8 @@ class FlakyProxy:
                     if self._dead:
                         self._kill_all()
                         return
+                    if n and self.delay:
+                        time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass
