@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from weather_tasks import config
-from weather_tasks.config import ConfigError, PipelineConfig
+from weather_tasks.config import ConfigError, PipelineConfig, PipelineError
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -66,7 +66,7 @@ def cmd_rollback(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
 def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     from weather_tasks import serving
 
-    return serving.predict_files(args.model_uri or serving.champion_uri(cfg), args.images)
+    return serving.predict_files(args.model_uri or serving.champion_uri(cfg), args.images, cfg)
 
 
 def cmd_demo(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"weather: configuration error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:
+        print(f"weather {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     _print(result, args.json)
     failed = getattr(result, "failed", False)
     return 1 if failed else 0

@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting."""
 
 
+class PipelineError(RuntimeError):
+    """An expected failure of a stage, with a message meant for the user (no traceback)."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     # Storage (S3 API). endpoint_url is for MinIO or a local server; None means AWS.
@@ -59,6 +63,8 @@ class PipelineConfig:
     seed: int = 123
     # Tracking and registry.
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    # Where people open the MLflow UI (links from Airflow); None means mlflow_tracking_uri.
+    mlflow_ui_url: str | None = None
     experiment_name: str = "weather-retrain"
     registered_model: str = "weather-classifier"
     # Champion/challenger decision.
@@ -226,4 +232,9 @@ def _validate(c: PipelineConfig) -> None:
         f"{c.max_class_recall_drop} not in [0, 1]",
     )
     _require(bool(c.registered_model.strip()), "registered_model", "must not be empty")
+    _require(
+        c.mlflow_ui_url is None or c.mlflow_ui_url.startswith(("http://", "https://")),
+        "mlflow_ui_url",
+        f"{c.mlflow_ui_url!r} must start with http:// or https://",
+    )
     _require(bool(c.experiment_name.strip()), "experiment_name", "must not be empty")

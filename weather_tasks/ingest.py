@@ -33,7 +33,7 @@ from botocore.exceptions import ResponseStreamingError
 
 from weather_tasks import manifest as mf
 from weather_tasks import split as sp
-from weather_tasks.config import PipelineConfig
+from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.label import label_for_key
 from weather_tasks.manifest import ImageRecord, Manifest, ManifestError, ObjectRecord
 from weather_tasks.storage import put_json
@@ -42,7 +42,7 @@ from weather_tasks.validate import Rejected, validate_image
 log = logging.getLogger(__name__)
 
 
-class IngestError(RuntimeError):
+class IngestError(PipelineError):
     """The run cannot proceed (missing bucket, unreadable manifest); nothing was written."""
 
 

@@ -20,14 +20,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from weather_tasks.config import PipelineConfig
+from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.storage import get_json
 
 SPLITS = ("train", "val", "test")
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 
 
-class ManifestError(RuntimeError):
+class ManifestError(PipelineError):
     """A manifest is missing, malformed or would be overwritten."""
 
 
