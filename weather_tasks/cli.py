@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "run the whole DAG end to end on local services")
     sp.add_argument("--images", default=None, help="upload this folder instead of synthetic scenes")
     sp.add_argument("--state-dir", default=".demo", help="where the demo keeps its state")
+    sp.add_argument(
+        "--serve", action="store_true",
+        help="start the MLflow and Airflow UIs on the demo's state (Ctrl-C stops them)",
+    )
     return p
 
 

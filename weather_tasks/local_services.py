@@ -162,3 +162,113 @@ def ensure_bucket(s3: object, bucket: str) -> None:
         s3.head_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     except Exception:
         s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+
+
+# --- A local Airflow (demo, e2e tests, benchmarks) -------------------------------------------
+# Only environment variables and subprocesses: this module must not import airflow.
+
+AIRFLOW_S3_CONN_ID = "weather_s3"  # the DAG's connection id (dags/weather_retrain.py)
+
+
+def airflow_env(
+    home: Path,
+    *,
+    s3_endpoint_url: str,
+    mlflow_tracking_uri: str,
+    sql_alchemy_conn: str | None = None,
+    executor: str = "LocalExecutor",
+    repo: Path | None = None,
+) -> dict[str, str]:
+    """Variables for an Airflow whose state lives in ``home`` and that runs this repo's DAGs.
+
+    The S3 connection is an ``AIRFLOW_CONN_WEATHER_S3`` variable of type ``aws`` with the local
+    server's dummy keys and its endpoint in the extra, exactly the shape production uses.
+    ``sql_alchemy_conn`` defaults to SQLite in ``home`` (fine for ``dag.test()``); the Celery
+    set-up passes a PostgreSQL URL. All admins: the simple auth manager, local use only.
+    """
+    import json
+    import secrets
+
+    repo = repo or Path(__file__).resolve().parents[1]
+    home = Path(home).resolve()
+    conn = {
+        "conn_type": "aws",
+        "login": LOCAL_S3_ENV["AWS_ACCESS_KEY_ID"],
+        "password": LOCAL_S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "extra": {
+            "endpoint_url": s3_endpoint_url,
+            "region_name": LOCAL_S3_ENV["AWS_DEFAULT_REGION"],
+        },
+    }
+    sqlite = f"sqlite:///{home / 'airflow.db'}"
+    pythonpath = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": executor,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn or sqlite,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        # Every component of one local Airflow must sign and check tokens with the same key.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW_CONN_" + AIRFLOW_S3_CONN_ID.upper(): json.dumps(conn),
+        "WEATHER_MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+        "PYTHONPATH": pythonpath,
+        # moto's dummy keys for anything that uses the default AWS chain (never real ones).
+        **LOCAL_S3_ENV,
+    }
+
+
+def run_airflow(
+    env: dict[str, str], *args: str, log_dir: Path, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run an ``airflow`` CLI command with ``env``; raise with its output if it fails."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [_bin("airflow"), *args], env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+    (log_dir / f"airflow-{'-'.join(args[:2])}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@dataclass(frozen=True)
+class NightRun:
+    """One ``weather_retrain`` night run through ``dag.test()`` in a child process."""
+
+    returncode: int
+    summary: dict[str, object]  # the DAG file's WEATHER_NIGHT line: state, tasks, report, events
+    output: str  # everything the run printed (Airflow and task logs)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"returncode": self.returncode, **self.summary}
+
+
+def run_dag_night(
+    env: dict[str, str],
+    conf: dict[str, object] | None = None,
+    *,
+    cwd: Path,
+    timeout: float = 900,
+    dag_file: Path | None = None,
+) -> NightRun:
+    """``python dags/weather_retrain.py CONF`` under ``env`` (see :func:`airflow_env`)."""
+    import json
+
+    dag_file = dag_file or Path(__file__).resolve().parents[1] / "dags" / "weather_retrain.py"
+    proc = subprocess.run(
+        [sys.executable, str(dag_file), json.dumps(conf or {})],
+        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WEATHER_NIGHT ")]
+    summary = json.loads(lines[-1].split(" ", 1)[1]) if lines else {"state": "crashed"}
+    return NightRun(returncode=proc.returncode, summary=summary, output=output)

@@ -15,9 +15,13 @@ from botocore.config import Config
 from weather_tasks.config import PipelineConfig
 
 
-def make_client(cfg: PipelineConfig) -> Any:
-    """A boto3 S3 client for ``cfg``; credentials come from the standard AWS chain."""
-    return boto3.session.Session().client(
+def make_client(cfg: PipelineConfig, session: Any | None = None) -> Any:
+    """A boto3 S3 client for ``cfg``.
+
+    Credentials come from ``session`` (in Airflow: the ``aws`` connection's boto3 session)
+    or else from the standard AWS chain.
+    """
+    return (session or boto3.session.Session()).client(
         "s3",
         endpoint_url=cfg.s3_endpoint_url,
         region_name=cfg.s3_region,

@@ -28,7 +28,7 @@ from weather_tasks.config import PipelineConfig
 pytestmark = pytest.mark.integration
 
 # Real photos, including the dataset's PNG and GIF files named .jpg (decoded by content).
-PHOTOS = ("cloudy1.jpg", "rain10.jpg", "shine10.jpg", "sunrise10.jpg", "cloudy131.jpg",
+PHOTOS = ("cloudy1.jpg", "rain11.jpg", "shine10.jpg", "sunrise10.jpg", "cloudy131.jpg",
           "rain141.jpg")
 
 
@@ -137,7 +137,10 @@ def rest_server(
         "-m", champion, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
         "--workers", "1",
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url}
+    # mlflow execs ``uvicorn`` by name: the virtual environment's bin/ must be on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import keras
@@ -127,3 +128,17 @@ def test_horizontal_flip_happens_about_half_the_time() -> None:
 def test_bad_input_is_rejected(pairs_: list[tuple[str, str]], message: str) -> None:
     with pytest.raises(data.DataError, match=message):
         data.make_dataset(pairs_, _cfg(), training=False)
+
+
+def test_real_photos_decode_as_the_served_model_decodes_them() -> None:
+    """JPEG, PNG and GIF photos named .jpg: the training pixels equal the serving pixels."""
+    from tests.conftest import mwd_images
+
+    folder = mwd_images()
+    names = ["cloudy1.jpg", "shine10.jpg", "sunrise1.jpg", "rain1.jpg",  # JPEG
+             "cloudy131.jpg", "sunrise184.jpg",  # PNG
+             "rain141.jpg"]  # GIF
+    pairs = [(folder / n, re.match(r"[a-z]+", n).group()) for n in names]
+    x, _ = _all(data.make_dataset(pairs, _cfg(image_size=64), training=False))
+    for i, (path, _) in enumerate(pairs):
+        np.testing.assert_allclose(x[i], _plain(path, 64), atol=0.5 / 255 + 1e-6, err_msg=path.name)

@@ -1,0 +1,101 @@
+"""Benchmark: a nightly ``weather_retrain`` run with nothing new, through ``dag.test()``.
+
+For each bucket size (default 1,000 and 10,000 objects in ``incoming/``): fill a fresh bucket
+on a local S3 server with small JPEGs, ingest them once (so the manifest's ledger knows every
+key), then run the real DAG twice with nothing new and report:
+- the child process wall time (Python + Airflow start, DAG parse, the run),
+- ``dag.test()`` time (the run itself: Airflow's in-process execution API, the tasks),
+- the ingest task's own time (list incoming/, compare with the ledger: the part that grows).
+A nothing-new night should be flat in the bucket size: listing is 1 request per 1,000 keys
+and nothing is downloaded. Prints what it measured; asserts nothing about time.
+
+Run: .venv/bin/python bench/dag_night.py [SIZE ...]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from weather_tasks import config, ingest, local_services, storage  # noqa: E402
+
+CLASSES = ("shine", "sunrise", "cloudy", "rain")
+RUNS = 2
+
+
+def _jpeg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _fill(cfg: config.PipelineConfig, s3: object, count: int) -> None:
+    def put(i: int) -> None:
+        key = f"{cfg.incoming_prefix}{CLASSES[i % 4]}_{i:06d}.jpg"
+        s3.put_object(Bucket=cfg.bucket, Key=key, Body=_jpeg(i))  # type: ignore[attr-defined]
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+
+
+def main(sizes: list[int]) -> None:
+    os.environ.update(local_services.LOCAL_S3_ENV)
+    root = Path(tempfile.mkdtemp(prefix="bench-dag-night-"))
+    s3_server = local_services.start_s3_server(root / "logs")
+    try:
+        env = local_services.airflow_env(
+            root / "home",
+            s3_endpoint_url=s3_server.url,
+            # A nothing-new night never reaches MLflow; nothing listens here.
+            mlflow_tracking_uri="http://127.0.0.1:9",
+        )
+        env["WEATHER_WORK_DIR"] = str(root / "work")
+        started = time.monotonic()
+        local_services.run_airflow(env, "db", "migrate", log_dir=root / "logs")
+        print(f"airflow db migrate (SQLite): {time.monotonic() - started:.1f}s")
+        header = ("objects", "first ingest", "process", "dag.test", "ingest task")
+        print("{:>8} {:>13} {:>9} {:>9} {:>12}".format(*header))
+        for size in sizes:
+            cfg = config.from_env(
+                environ={}, bucket=f"bench-{size}", s3_endpoint_url=s3_server.url, parallelism=8
+            )
+            s3 = storage.make_client(cfg)
+            local_services.ensure_bucket(s3, cfg.bucket)
+            _fill(cfg, s3, size)
+            t0 = time.monotonic()
+            first = ingest.ingest(cfg, s3)
+            first_s = time.monotonic() - t0
+            assert first.listed == size, first.as_dict()
+            for _ in range(RUNS):
+                t0 = time.monotonic()
+                night = local_services.run_dag_night(
+                    {**env, "WEATHER_BUCKET": cfg.bucket}, {}, cwd=root, timeout=900
+                )
+                wall = time.monotonic() - t0
+                summary = night.summary
+                if night.returncode != 0 or summary["report"]["outcome"] != "nothing new":
+                    print(night.output[-3000:])
+                    raise SystemExit(f"night failed: {summary}")
+                ing = summary["report"]["ingest"]
+                assert ing["listed"] == size and ing["new"] == 0, ing
+                print(
+                    f"{size:>8} {first_s:>12.1f}s {wall:>8.1f}s {summary['seconds']:>8.1f}s "
+                    f"{ing['seconds']:>11.2f}s"
+                )
+    finally:
+        s3_server.stop()
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [1000, 10_000])

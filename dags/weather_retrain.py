@@ -1,0 +1,338 @@
+"""The nightly retraining DAG: ingest -> anything new? -> train -> evaluate -> promote -> report.
+
+Thin by design: each task body is one call into ``weather_tasks`` (imported inside the task,
+so parsing this file never imports TensorFlow or MLflow), XCom carries only manifest versions,
+run ids and small report dicts. What a night did is in the ``report`` task's return value.
+
+Run one night locally (Airflow's ``dag.test()``, the real tasks in one process)::
+
+    python dags/weather_retrain.py '{"force_retrain": true, "epochs": 2}'
+
+Parse-time settings (environment only, no I/O): ``WEATHER_SCHEDULE`` (cron, default
+``0 2 * * *``; ``none`` for manual runs only) and ``WEATHER_REGISTERED_MODEL`` (names the
+champion Asset). Everything else comes from ``PipelineConfig`` (``WEATHER_*``) at run time,
+overridden per run by the params below; S3 credentials and endpoint from the Airflow
+connection ``weather_s3`` (type ``aws``, ``{"endpoint_url": ...}`` in its extra for MinIO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, AssetAlias, Param, dag, task
+
+from weather_tasks.config import MODELS  # stdlib-only module: cheap at parse time
+
+S3_CONN_ID = "weather_s3"
+DEFAULT_SCHEDULE = "0 2 * * *"
+REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "weather-classifier")
+
+# Downstream DAGs schedule on this Asset (see weather_champion_consumer.py). The promote task
+# emits it through an alias so that an event exists only when the champion actually changed:
+# an Asset listed directly in ``outlets`` gets an event on every successful run.
+CHAMPION = Asset(name=f"{REGISTERED_MODEL}-champion", uri=f"mlflow://models/{REGISTERED_MODEL}")
+CHAMPION_UPDATES = AssetAlias(name=f"{REGISTERED_MODEL}-champion-updates")
+
+# Params that override PipelineConfig fields for one run; None means "the deployment's value".
+# Bounds mirror PipelineConfig's validation (tests/dags checks they agree).
+TRAINING_PARAMS = ("epochs", "batch_size", "image_size", "model", "min_delta")
+
+# I/O tasks retry transient S3/MLflow failures with exponential backoff; permanent ones
+# (bad config, missing bucket) raise AirflowFailException and do not retry.
+IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def _schedule() -> str | None:
+    raw = os.environ.get("WEATHER_SCHEDULE", DEFAULT_SCHEDULE).strip()
+    return None if raw.lower() in ("", "none", "manual") else raw
+
+
+def run_config(params: dict[str, Any] | None) -> Any:
+    """This run's ``PipelineConfig``: ``from_env()`` plus the params, validated (the one place)."""
+    from weather_tasks import config
+
+    params = params or {}
+    return config.override(config.from_env(), **{k: params.get(k) for k in TRAINING_PARAMS})
+
+
+def _night(params: dict[str, Any] | None) -> tuple[Any, Any]:
+    """This run's config and an S3 client built from the Airflow connection.
+
+    Connection secrets stay inside the boto3 session; only the endpoint and region are copied
+    into the config (they are not secret, and the reports name the endpoint).
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    from weather_tasks import config, storage
+
+    cfg = run_config(params)
+    hook = AwsBaseHook(aws_conn_id=S3_CONN_ID, client_type="s3")
+    endpoint = hook.conn_config.get_service_endpoint_url("s3")
+    region = hook.conn_config.region_name
+    cfg = config.override(cfg, s3_endpoint_url=endpoint, s3_region=region)
+    return cfg, storage.make_client(cfg, session=hook.get_session())
+
+
+@contextlib.contextmanager
+def _fail_fast_on_permanent_errors() -> Iterator[None]:
+    """Retrying a bad setting or a missing bucket only delays the message: fail at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from weather_tasks.config import ConfigError
+    from weather_tasks.evaluate import EvaluationError
+    from weather_tasks.ingest import IngestError
+    from weather_tasks.manifest import ManifestError
+
+    try:
+        yield
+    except (ConfigError, IngestError, ManifestError, EvaluationError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dag(
+    dag_id="weather_retrain",
+    schedule=_schedule(),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["weather", "ml", "retraining"],
+    default_args={"owner": "ml-platform"},
+    doc_md=__doc__,
+    render_template_as_native_obj=False,
+    params={
+        "force_retrain": Param(
+            False,
+            type="boolean",
+            title="Force retraining",
+            description="Train even when ingest found no new images (on the latest manifest).",
+        ),
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=10_000,
+            description="Training epochs (empty: WEATHER_EPOCHS, default 100).",
+        ),
+        "batch_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=4096,
+            description="Batch size (empty: WEATHER_BATCH_SIZE, default 16).",
+        ),
+        "image_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=16,
+            maximum=1024,
+            description="Square input side in pixels (empty: WEATHER_IMAGE_SIZE, default 250).",
+        ),
+        "model": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *MODELS],
+            description="Architecture from the seed (empty: WEATHER_MODEL, default model_3).",
+        ),
+        "min_delta": Param(
+            None,
+            type=["null", "number"],
+            minimum=-1,
+            maximum=1,
+            description="Accuracy gain over the champion needed to promote "
+            "(empty: WEATHER_MIN_DELTA, default 0.0).",
+        ),
+    },
+)
+def weather_retrain() -> None:
+    @task(**IO_RETRIES)
+    def ingest(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """New photos in incoming/ -> a new manifest version (or none)."""
+        from weather_tasks import ingest
+
+        with _fail_fast_on_permanent_errors():
+            cfg, s3 = _night(params)
+            return ingest.ingest(cfg, s3).as_dict()
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def anything_new(ingested: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
+        """Skip training when no new image was accepted, unless ``force_retrain``."""
+        return ingested["accepted"] > 0 or bool((params or {}).get("force_retrain"))
+
+    @task(queue="gpu", retries=1, retry_delay=timedelta(minutes=5),
+          execution_timeout=timedelta(hours=8))
+    def train(
+        ingested: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Train on the night's manifest version; one MLflow run."""
+        from weather_tasks import train
+
+        with _fail_fast_on_permanent_errors():
+            cfg, s3 = _night(params)
+            return train.train_model(
+                cfg, ingested["manifest_version"], s3=s3, airflow_run_id=run_id
+            ).as_dict()
+
+    @task(**IO_RETRIES, execution_timeout=timedelta(hours=1))
+    def evaluate(trained: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Challenger vs the current champion on the same test images."""
+        from weather_tasks import evaluate
+
+        with _fail_fast_on_permanent_errors():
+            cfg, s3 = _night(params)
+            return evaluate.evaluate_challenger(
+                cfg, trained["run_id"], trained["manifest_version"], s3=s3
+            ).as_dict()
+
+    @task(**IO_RETRIES, outlets=[CHAMPION_UPDATES])
+    def promote(
+        evaluation: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        outlet_events: Any = None,
+    ) -> dict[str, Any]:
+        """Register the challenger and move ``@champion`` if it won; emit the champion Asset."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from weather_tasks import registry
+
+        with _fail_fast_on_permanent_errors():
+            cfg = run_config(params)
+            result = registry.promote_if_better(cfg, evaluation, airflow_run_id=run_id)
+        if result.failed:  # the champion moved since evaluation: re-evaluating is the fix
+            raise AirflowFailException(f"promotion refused: {result.reason}")
+        promoted = result.as_dict()
+        if promoted["promoted"]:
+            outlet_events[CHAMPION_UPDATES].add(CHAMPION, extra=_champion_event(promoted))
+        return promoted
+
+    @task(trigger_rule="none_failed")
+    def report(ti: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What this night did, in one small dict (also the run's last log line)."""
+
+        def pulled(task_id: str) -> dict[str, Any] | None:
+            return ti.xcom_pull(task_ids=task_id, key="return_value", default=None)
+
+        return _night_summary(
+            ingested=pulled("ingest"),
+            trained=pulled("train"),
+            evaluation=pulled("evaluate"),
+            promoted=pulled("promote"),
+            forced=bool((params or {}).get("force_retrain")),
+        )
+
+    ingested = ingest()
+    trained = train(ingested)
+    evaluation = evaluate(trained)
+    promoted = promote(evaluation)
+    anything_new(ingested) >> trained
+    promoted >> report()
+
+
+def _champion_event(promoted: dict[str, Any]) -> dict[str, Any]:
+    """The Asset event's metadata: what a downstream service needs to pin the new champion."""
+    name, version = promoted["registered_model"], str(promoted["version"])
+    return {
+        "registered_model": name,
+        "version": version,
+        "alias": "champion",
+        "model_uri": f"models:/{name}/{version}",
+        "accuracy": promoted["accuracy"],
+        "manifest_version": promoted["manifest_version"],
+        "mlflow_run_id": promoted["run_id"],
+        "status": promoted["status"],
+    }
+
+
+def _night_summary(
+    *,
+    ingested: dict[str, Any] | None,
+    trained: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    promoted: dict[str, Any] | None,
+    forced: bool,
+) -> dict[str, Any]:
+    keep_ingest = ("listed", "new", "accepted", "duplicate", "quarantined_total",
+                   "manifest_version", "previous_version", "images_total", "seconds")
+    keep_train = ("run_id", "model_uri", "manifest_version", "model", "image_size", "epochs_run",
+                  "best_val_accuracy", "train_seconds")
+    return {
+        "outcome": (
+            "nothing new" if trained is None
+            else "promoted" if promoted and promoted.get("promoted")
+            else "not promoted"
+        ),
+        "forced": forced,
+        "ingest": {k: ingested.get(k) for k in keep_ingest} if ingested else None,
+        "train": {k: trained.get(k) for k in keep_train} if trained else None,
+        "evaluation": evaluation,
+        "promotion": promoted,
+    }
+
+
+weather_retrain_dag = weather_retrain()
+
+
+def _describe_run(dag_run: Any, seconds: float) -> dict[str, Any]:
+    """Final state, task states, the report and the champion Asset events of one run."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        states = {
+            ti.task_id: str(ti.state) if ti.state else None
+            for ti in dag_run.get_task_instances(session=session)
+        }
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="report",
+                key="return_value",
+            )
+        ).first()
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == CHAMPION.name, AssetEvent.source_run_id == dag_run.run_id)
+        ).all()
+        return {
+            "run_id": dag_run.run_id,
+            "state": str(dag_run.state),
+            "seconds": round(seconds, 3),
+            "tasks": states,
+            "report": XComModel.deserialize_value(row) if row is not None else None,
+            "champion_events": [dict(e.extra or {}) for e in events],
+        }
+
+
+if __name__ == "__main__":
+    # One night through dag.test(): prints one "WEATHER_NIGHT {json}" line that the tests,
+    # the benchmark and the demo read. Exit 0 on success, 1 on a failed run, 2 on bad params.
+    import json
+    import sys
+    import time
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    run_conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    started = time.monotonic()
+    try:
+        run = weather_retrain_dag.test(run_conf=run_conf)
+    except ParamValidationError as exc:
+        print("WEATHER_NIGHT " + json.dumps({"state": "rejected", "error": str(exc)}), flush=True)
+        sys.exit(2)
+    summary = _describe_run(run, time.monotonic() - started)
+    print("WEATHER_NIGHT " + json.dumps(summary, default=str), flush=True)
+    sys.exit(0 if summary["state"] == "success" else 1)

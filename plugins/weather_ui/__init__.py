@@ -1,0 +1,1 @@
+"""Airflow UI glue for the weather pipeline: the model-history page and the MLflow run link."""

@@ -1,0 +1,346 @@
+"""The production shape on one machine: CeleryExecutor, PostgreSQL, Redis, separate processes.
+
+A fresh PostgreSQL database on 127.0.0.1:5432 is the metadata DB, Redis on 127.0.0.1:6379 (its
+own db number) the Celery broker; api-server, scheduler, dag-processor and one Celery worker
+listening on ``default,gpu`` run as child processes with a temporary AIRFLOW_HOME. The DAG is
+triggered through the REST API (``/api/v2``) with a JWT from ``/auth/token``, as the UI does.
+
+The JWT trap: Airflow 3 task tokens live ``[execution_api] jwt_expiration_time`` (600 s by
+default). In Airflow 3.3 the execution API re-issues a task's token on its heartbeats once 80%
+of the lifetime has passed (``JWTReissueMiddleware``, header ``Refreshed-API-Token``), so long
+tasks survive. We prove it on a scale model: tokens of 60 s and a task that sleeps 150 s
+(``WEATHER_E2E_JWT_EXPIRATION``, ``WEATHER_E2E_SLEEP`` change both; run with 600 and 660 for
+the full-size proof).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, mwd_images
+from weather_tasks import config, ingest, local_services, storage
+
+pytestmark = pytest.mark.e2e
+
+PG_HOST, PG_PORT, REDIS_PORT = "127.0.0.1", 5432, 6379
+TINY = {"epochs": 1, "image_size": 32, "batch_size": 8}
+JWT_EXPIRATION = int(os.environ.get("WEATHER_E2E_JWT_EXPIRATION", "60"))
+SLEEP = int(os.environ.get("WEATHER_E2E_SLEEP", "150"))
+
+PROBE_DAG = textwrap.dedent(
+    '''
+    """A task that outlives its first execution-API token (tests/e2e/test_celery.py)."""
+    import time
+
+    import pendulum
+    from airflow.sdk import Param, dag, task
+
+
+    @dag(dag_id="weather_jwt_probe", schedule=None, catchup=False,
+         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         params={"seconds": Param(150, type="integer", minimum=1)})
+    def weather_jwt_probe():
+        @task(queue="default")
+        def sleep_past_token_expiry(params=None):
+            time.sleep(params["seconds"])
+            return {"slept": params["seconds"]}
+
+        sleep_past_token_expiry()
+
+
+    weather_jwt_probe()
+    '''
+)
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Api:
+    """The REST API as a client sees it: a JWT from /auth/token, then /api/v2 calls."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url
+        body = json.dumps({"username": username, "password": password}).encode()
+        request = urllib.request.Request(
+            f"{url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            self.token = json.loads(resp.read())["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        status, data = self.call("GET", path)
+        assert status == 200, (path, status, data)
+        return data
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> tuple[int, Any]:
+        body = {"logical_date": None, "conf": conf}
+        return self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(3)
+        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {timeout}s")
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        data = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti for ti in data["task_instances"]}
+
+
+def _start(name: str, args: list[str], env: dict[str, str], logs: Path) -> local_services.Service:
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name}.log"
+    proc = subprocess.Popen(
+        [local_services._bin("airflow"), *args],
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **env},
+        start_new_session=True,  # its own process group: stopped with its children below
+    )
+    return local_services.Service(name=name, url="", process=proc, log_path=log_path, env=env)
+
+
+def _stop_group(service: local_services.Service) -> None:
+    """SIGTERM the process group this test started for ``service``, then SIGKILL stragglers."""
+    pgid = service.process.pid
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            service.process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; give its children a moment, then make sure
+            time.sleep(1)
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+def _wait_http(url: str, services: list[local_services.Service], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in services:
+            if s.process.poll() is not None:
+                raise RuntimeError(f"{s.name} exited ({s.process.returncode}):\n{s.log_tail(60)}")
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"no answer from {url} in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def postgres_db() -> Iterator[str]:
+    """A fresh database for this run's Airflow metadata; dropped afterwards."""
+    if not _reachable(PG_PORT) or not _reachable(REDIS_PORT):
+        pytest.skip("PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are needed")
+    import psycopg2
+
+    name = f"weather_e2e_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def celery_airflow(
+    postgres_db: str,
+    s3_server: local_services.Service,
+    mlflow_server: local_services.Service,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """Airflow in production shape; yields the API client, its URL, the env and the config."""
+    root = tmp_path_factory.mktemp("airflow-celery")
+    logs = root / "logs"
+    dags = root / "dags"
+    dags.mkdir()
+    for dag_file in (REPO / "dags").glob("*.py"):
+        shutil.copy(dag_file, dags / dag_file.name)
+    (dags / "weather_jwt_probe.py").write_text(PROBE_DAG)
+
+    cfg = config.from_env(
+        environ={},
+        bucket=f"celery-{uuid.uuid4().hex[:10]}",
+        s3_endpoint_url=s3_server.url,
+        registered_model=f"weather-classifier-{uuid.uuid4().hex[:6]}",
+    )
+    s3 = storage.make_client(cfg)
+    local_services.ensure_bucket(s3, cfg.bucket)
+
+    port = local_services.free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    password = secrets.token_urlsafe(12)
+    passwords = root / "passwords.json"
+    passwords.write_text(json.dumps({"admin": password}))
+    env = local_services.airflow_env(
+        root / "home",
+        s3_endpoint_url=s3_server.url,
+        mlflow_tracking_uri=mlflow_server.url,
+        sql_alchemy_conn=postgres_db,
+        executor="CeleryExecutor",
+    )
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{api_url}/execution/",
+        AIRFLOW__API__BASE_URL=api_url,
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__WORKERS="1",
+        AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{REDIS_PORT}/{random.randint(8, 15)}",
+        AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db.replace("+psycopg2", ""),
+        AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(local_services.free_port()),
+        AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME=str(JWT_EXPIRATION),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
+        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        # Manual runs only here: an unpaused nightly DAG would also start a scheduled run.
+        WEATHER_SCHEDULE="none",
+        WEATHER_BUCKET=cfg.bucket,
+        WEATHER_REGISTERED_MODEL=cfg.registered_model,
+        WEATHER_ACCURACY_FLOOR="0",
+        WEATHER_MAX_CLASS_RECALL_DROP="1",
+        WEATHER_WORK_DIR=str(root / "work"),
+    )
+    local_services.run_airflow(env, "db", "migrate", log_dir=logs, timeout=600)
+    services = [
+        _start("api-server", ["api-server", "--port", str(port)], env, logs),
+        _start("scheduler", ["scheduler"], env, logs),
+        _start("dag-processor", ["dag-processor"], env, logs),
+        _start("worker", ["celery", "worker", "--queues", "default,gpu"], env, logs),
+    ]
+    try:
+        _wait_http(f"{api_url}/api/v2/monitor/health", services, timeout=300)
+        api = Api(api_url, "admin", password)
+        yield {"api": api, "url": api_url, "env": env, "cfg": cfg, "s3": s3, "logs": logs,
+               "services": services, "mlflow_url": mlflow_server.url}
+    finally:
+        for service in reversed(services):
+            _stop_group(service)
+
+
+def _wait_for_dags(api: Api, dag_ids: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    missing = dag_ids
+    while time.monotonic() < deadline:
+        missing = [d for d in dag_ids if api.call("GET", f"/api/v2/dags/{d}")[0] != 200]
+        if not missing:
+            return
+        time.sleep(3)
+    raise AssertionError(f"DAGs not parsed after {timeout}s: {missing}")
+
+
+def test_celery_night_triggered_through_the_rest_api(celery_airflow: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    api: Api = celery_airflow["api"]
+    cfg: config.PipelineConfig = celery_airflow["cfg"]
+    dag_ids = ["weather_retrain", "weather_champion_consumer", "weather_jwt_probe"]
+    _wait_for_dags(api, dag_ids)
+    for dag_id in dag_ids:
+        status, _ = api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        assert status == 200
+
+    # Bad params are refused by the API itself: no run is created.
+    status, body = api.trigger("weather_retrain", {**TINY, "model": "model_9"})
+    assert status == 400 and "model" in json.dumps(body), body
+    assert api.get("/api/v2/dags/weather_retrain/dagRuns")["total_entries"] == 0
+
+    # A task that outlives its first token, running beside the night on the same worker.
+    status, probe = api.trigger("weather_jwt_probe", {"seconds": SLEEP})
+    assert status == 200, probe
+
+    folder = celery_airflow["logs"].parent / "images"
+    folder.mkdir()
+    for cls in cfg.classes:
+        for path in sorted(mwd_images().glob(f"{cls}*"))[:10]:
+            shutil.copy(path, folder / path.name)
+    ingest.upload_folder(cfg, celery_airflow["s3"], folder)
+
+    status, night = api.trigger("weather_retrain", TINY)
+    assert status == 200, night
+    run = api.wait_for_run("weather_retrain", night["dag_run_id"], timeout=900)
+    tis = api.task_instances("weather_retrain", night["dag_run_id"])
+    assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
+    assert {ti["state"] for ti in tis.values()} == {"success"}
+    assert tis["train"]["queue"] == "gpu" and tis["ingest"]["queue"] == "default"
+
+    champion = MlflowClient(tracking_uri=celery_airflow["mlflow_url"]).get_model_version_by_alias(
+        cfg.registered_model, "champion"
+    )
+    assert champion.version == "1"
+    assert champion.tags["airflow_run_id"] == night["dag_run_id"]
+
+    # The champion Asset event triggered the consumer DAG.
+    deadline = time.monotonic() + 180
+    consumer_runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not consumer_runs:
+        consumer_runs = api.get("/api/v2/dags/weather_champion_consumer/dagRuns")["dag_runs"]
+        time.sleep(3)
+    assert consumer_runs, "the champion Asset event did not trigger weather_champion_consumer"
+    consumer = api.wait_for_run(
+        "weather_champion_consumer", consumer_runs[0]["dag_run_id"], timeout=300
+    )
+    assert consumer["state"] == "success" and consumer["run_type"] == "asset_triggered"
+    status, xcom = api.call(
+        "GET",
+        f"/api/v2/dags/weather_champion_consumer/dagRuns/{consumer['dag_run_id']}"
+        "/taskInstances/new_champion/xcomEntries/return_value?deserialize=true",
+    )
+    assert status == 200, xcom
+    announced = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
+    assert announced["version"] == "1"
+    assert announced["pinned_model_uri"] == f"models:/{cfg.registered_model}/1"
+
+    probe_run = api.wait_for_run("weather_jwt_probe", probe["dag_run_id"], timeout=SLEEP + 300)
+    probe_ti = api.task_instances("weather_jwt_probe", probe["dag_run_id"])[
+        "sleep_past_token_expiry"
+    ]
+    assert probe_run["state"] == "success", probe_ti
+    assert probe_ti["duration"] >= SLEEP > 2 * JWT_EXPIRATION

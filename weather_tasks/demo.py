@@ -1,0 +1,677 @@
+"""``weather demo``: one night of the real pipeline on local services, step by step.
+
+What it starts, all on 127.0.0.1 and all under the state directory (default ``.demo``):
+an S3 server (moto), an MLflow tracking server + registry (SQLite, artifacts on the S3
+server) and an Airflow home on SQLite. It uploads photos to ``incoming/`` (synthetic
+scenes by default, ``--images DIR`` for a real folder), then runs the real DAG
+``weather_retrain`` through ``dag.test()`` in a subprocess: the same task code a scheduler
+would run (ingest, short-circuit, train, evaluate, promote, report), not a shortcut.
+
+Every invocation is one more night. The first uploads the initial set (plus a few bad files,
+to show quarantine); later ones add a few new images, so they show an incremental night
+against the champion. ``--serve`` starts the MLflow and Airflow UIs on what the nights made.
+
+State across invocations: moto keeps S3 objects in memory only (its server has no disk
+persistence), so after each night the demo mirrors every bucket into ``<state>/s3``
+(objects plus an index with ETag, content type and metadata) and restores them on the next
+start. Re-uploading the same bytes gives the same ETag (MD5 for single-part puts), and
+ingest decides "new" by key and ETag, so a restored bucket looks exactly as it was. The
+MLflow and Airflow databases are SQLite files in the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weather_tasks import config, local_services, storage
+from weather_tasks.config import PipelineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_ID = "weather_retrain"
+DAG_FILE = REPO / "dags" / "weather_retrain.py"
+MLFLOW_BUCKET = "mlflow-artifacts"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Demo defaults, chosen so a night finishes in minutes on a 2-core CPU.
+
+    Production defaults are 250 px and 100 epochs; the demo keeps the seed's model and
+    recipe but trains smaller images for fewer epochs. Any ``WEATHER_*`` variable set in the
+    environment still wins (e.g. ``WEATHER_EPOCHS=30 weather demo``).
+    """
+
+    image_size: int = 64
+    per_class: int = 40
+    new_per_class: int = 3
+    epochs: int = 15
+    batch_size: int = 16
+    model: str = "model_3"
+    bucket: str = "weather"
+    mlflow_port: int = 5000
+    airflow_port: int = 8080
+
+    def pipeline_env(self) -> dict[str, str]:
+        return {
+            "WEATHER_BUCKET": self.bucket,
+            "WEATHER_IMAGE_SIZE": str(self.image_size),
+            "WEATHER_EPOCHS": str(self.epochs),
+            "WEATHER_BATCH_SIZE": str(self.batch_size),
+            "WEATHER_MODEL": self.model,
+            "WEATHER_SCHEDULE": "none",
+        }
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """One demo night: what the DAG run did, and where to look at it."""
+
+    night: int
+    state: str
+    seconds: float
+    run_id: str | None
+    tasks: dict[str, str | None]
+    report: dict[str, Any] | None
+    state_dir: str
+    log: str
+    lines: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.state != "success"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("lines")
+        return out
+
+    def summary(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class _State:
+    """What persists between invocations (``<state>/state.json``)."""
+
+    nights: int = 0
+    next_index: int = 1
+    real_pending: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> _State:
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+
+
+class _Progress:
+    """Numbered steps with their duration, flushed as they happen."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> float:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {text}", flush=True)
+        return time.monotonic()
+
+    @staticmethod
+    def done(since: float, text: str = "done") -> None:
+        print(f"      {text} ({time.monotonic() - since:.1f}s)", flush=True)
+
+    @staticmethod
+    def info(text: str) -> None:
+        print(f"      {text}", flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> DemoReport | dict[str, Any]:
+    """One demo night (or, with ``--serve``, the UIs on the demo's state until Ctrl-C)."""
+    settings = DemoSettings()
+    state_dir = Path(getattr(args, "state_dir", None) or ".demo").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update({k: v for k, v in local_services.LOCAL_S3_ENV.items()})
+    if getattr(args, "serve", False):
+        return serve_ui(state_dir, settings)
+    return run_night(state_dir, settings, getattr(args, "images", None))
+
+
+def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> DemoReport:
+    state_file = state_dir / "state.json"
+    state = _State.load(state_file)
+    night = state.nights + 1
+    logs = state_dir / "logs"
+    env_settings = {**settings.pipeline_env(), **_weather_overrides()}
+    cfg = config.from_env(environ=env_settings, work_dir=state_dir / "work")
+    _print_header(night, state_dir, cfg, settings, images)
+
+    progress = _Progress(total=6)
+    services: list[local_services.Service] = []
+    try:
+        t = progress.step("S3 server (moto, in memory; state restored from disk)")
+        s3_server = local_services.start_s3_server(logs)
+        services.append(s3_server)
+        cfg = config.override(cfg, s3_endpoint_url=s3_server.url)
+        s3 = storage.make_client(cfg)
+        restored = restore_buckets(s3, state_dir / "s3")
+        for bucket in (cfg.bucket, MLFLOW_BUCKET):
+            local_services.ensure_bucket(s3, bucket)
+        progress.done(t, f"{s3_server.url}; restored {restored} objects from {state_dir / 's3'}")
+
+        t = progress.step("MLflow tracking server + registry (SQLite, artifacts on the S3 server)")
+        mlflow_server = local_services.start_mlflow_server(
+            logs, backend_store_uri=f"sqlite:///{state_dir / 'mlflow.db'}",
+            artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
+            s3_endpoint_url=s3_server.url,
+        )
+        services.append(mlflow_server)
+        progress.done(t, mlflow_server.url)
+
+        t = progress.step("Airflow home on SQLite")
+        env = {
+            **local_services.airflow_env(
+                state_dir / "airflow", s3_endpoint_url=s3_server.url,
+                mlflow_tracking_uri=mlflow_server.url, repo=REPO,
+            ),
+            **env_settings,
+            "WEATHER_WORK_DIR": str(cfg.work_dir),
+            "WEATHER_MLFLOW_UI_URL": f"http://127.0.0.1:{settings.mlflow_port}",
+        }
+        if not (state_dir / "airflow" / "airflow.db").exists():
+            progress.info("first night: creating Airflow's database (airflow db migrate)")
+            local_services.run_airflow(env, "db", "migrate", log_dir=logs, timeout=900)
+        progress.done(t, f"{state_dir / 'airflow'} ready")
+
+        t = progress.step("Upload photos to incoming/")
+        uploaded, what = _upload_night(cfg, s3, state, state_dir, settings, images, night)
+        progress.done(t, f"{uploaded} files to s3://{cfg.bucket}/{cfg.incoming_prefix} ({what})")
+
+        t = progress.step(f"Run the DAG {DAG_ID} (dag.test(): the real tasks, in order)")
+        result = _run_dag(env, state_dir / "airflow" / "airflow.db", logs / f"night-{night}.log")
+        progress.done(t, f"DAG run {result.get('run_id')}: {result.get('state')}")
+
+        t = progress.step("Save S3 state")
+        saved = snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
+        progress.done(t, f"{saved} new or changed objects written to {state_dir / 's3'}")
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+    seconds = time.monotonic() - progress.started
+    state.nights = night
+    state.history.append({
+        "night": night, "state": result.get("state"), "seconds": round(seconds, 1),
+        "outcome": (result.get("report") or {}).get("outcome"),
+        "champion": _champion_version(result.get("report")),
+    })
+    state.save(state_file)
+    lines = _night_lines(night, result, seconds, state, settings, state_dir)
+    return DemoReport(
+        night=night, state=str(result.get("state")), seconds=round(seconds, 1),
+        run_id=result.get("run_id"), tasks=result.get("tasks") or {},
+        report=result.get("report"), state_dir=str(state_dir),
+        log=str(logs / f"night-{night}.log"), lines=tuple(lines),
+    )
+
+
+def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
+    """MLflow and the Airflow API server (UI + plugin page) on the demo's state, until Ctrl-C."""
+    if not (state_dir / "airflow" / "airflow.db").exists():
+        raise SystemExit(f"no demo state in {state_dir}: run `weather demo` first")
+    logs = state_dir / "logs"
+    cfg = config.from_env(environ={**settings.pipeline_env(), **_weather_overrides()})
+    services: list[local_services.Service] = []
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        s3_server = local_services.start_s3_server(logs)
+        services.append(s3_server)
+        s3 = storage.make_client(config.override(cfg, s3_endpoint_url=s3_server.url))
+        restored = restore_buckets(s3, state_dir / "s3")
+        mlflow_port = _port_or_free(settings.mlflow_port)
+        mlflow_server = local_services.start_mlflow_server(
+            logs, backend_store_uri=f"sqlite:///{state_dir / 'mlflow.db'}",
+            artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
+            s3_endpoint_url=s3_server.url, port=mlflow_port,
+        )
+        services.append(mlflow_server)
+        airflow_port = _port_or_free(settings.airflow_port)
+        env = {
+            **local_services.airflow_env(
+                state_dir / "airflow", s3_endpoint_url=s3_server.url,
+                mlflow_tracking_uri=mlflow_server.url, repo=REPO,
+            ),
+            **settings.pipeline_env(), **_weather_overrides(),
+            "WEATHER_MLFLOW_UI_URL": mlflow_server.url,
+        }
+        log = (logs / "airflow-api-server.log").open("ab")
+        api = subprocess.Popen(
+            [local_services._bin("airflow"), "api-server", "--port", str(airflow_port)],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        airflow_url = f"http://127.0.0.1:{airflow_port}"
+        _wait_http(airflow_url + "/api/v2/monitor/health", api, timeout=300)
+        print(
+            f"Serving the demo state in {state_dir} ({restored} S3 objects restored):\n"
+            f"  Airflow UI:   {airflow_url}  (DAG {DAG_ID}: runs, task logs, 'MLflow run' links)\n"
+            f"  Model page:   {airflow_url}/weather-models/  (also Browse > Weather models)\n"
+            f"  MLflow UI:    {mlflow_server.url}/#/models/{cfg.registered_model}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while api.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if api is not None and api.poll() is None:
+            os.killpg(api.pid, signal.SIGTERM)
+            try:
+                api.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(api.pid, signal.SIGKILL)
+        for service in reversed(services):
+            service.stop()
+    return {"served": str(state_dir)}
+
+
+# --- S3 state on disk ------------------------------------------------------------------------
+
+
+def snapshot_buckets(s3: Any, buckets: Iterable[str], dest: Path) -> int:
+    """Mirror ``buckets`` into ``dest`` (incremental by ETag); returns objects written."""
+    index_path = dest / "index.json"
+    index: dict[str, dict[str, Any]] = (
+        json.loads(index_path.read_text()) if index_path.exists() else {}
+    )
+    todo: list[tuple[str, str, str]] = []
+    for bucket in buckets:
+        old = index.get(bucket, {})
+        new: dict[str, Any] = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                key, etag = obj["Key"], obj["ETag"].strip('"')
+                if key in old and old[key]["etag"] == etag:
+                    new[key] = old[key]
+                else:
+                    todo.append((bucket, key, etag))
+        index[bucket] = new
+
+    def fetch(item: tuple[str, str, str]) -> tuple[str, str, dict[str, Any]]:
+        bucket, key, etag = item
+        resp = s3.get_object(Bucket=bucket, Key=key)
+        path = dest / "objects" / bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(resp["Body"].read())
+        return bucket, key, {
+            "etag": etag,
+            "content_type": resp.get("ContentType") or "application/octet-stream",
+            "metadata": resp.get("Metadata") or {},
+        }
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for bucket, key, entry in pool.map(fetch, todo):
+            index[bucket][key] = entry
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, sort_keys=True))
+    tmp.replace(index_path)  # atomic: a crash leaves the previous index
+    return len(todo)
+
+
+def restore_buckets(s3: Any, src: Path) -> int:
+    """Re-create the buckets saved by :func:`snapshot_buckets`; returns objects restored."""
+    index_path = src / "index.json"
+    if not index_path.exists():
+        return 0
+    index: dict[str, dict[str, Any]] = json.loads(index_path.read_text())
+    items = []
+    for bucket, objects in index.items():
+        local_services.ensure_bucket(s3, bucket)
+        items += [(bucket, key, entry) for key, entry in objects.items()]
+
+    def put(item: tuple[str, str, dict[str, Any]]) -> None:
+        bucket, key, entry = item
+        body = (src / "objects" / bucket / key).read_bytes()
+        resp = s3.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=entry["content_type"],
+            Metadata=entry.get("metadata") or {},
+        )
+        if resp["ETag"].strip('"') != entry["etag"]:
+            raise RuntimeError(f"restored s3://{bucket}/{key} has a different ETag")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(put, items))
+    return len(items)
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+
+def _upload_night(
+    cfg: PipelineConfig, s3: Any, state: _State, state_dir: Path, settings: DemoSettings,
+    images: str | None, night: int,
+) -> tuple[int, str]:
+    """Stage this night's files in ``<state>/uploads/night-N`` and upload them."""
+    from weather_tasks import ingest, scenes
+
+    folder = state_dir / "uploads" / f"night-{night}"
+    if folder.exists():
+        shutil.rmtree(folder)  # a previous attempt at this night that did not finish
+    folder.mkdir(parents=True)
+    if images and night == 1:
+        count, held = _stage_real(Path(images), folder, cfg.classes, settings.new_per_class)
+        state.real_pending = held
+        what = f"real photos from {images}; {len(held)} held back for later nights"
+    elif state.real_pending:
+        batch = state.real_pending[: settings.new_per_class * len(cfg.classes)]
+        state.real_pending = state.real_pending[len(batch):]
+        for path in batch:
+            (folder / Path(path).name).symlink_to(path)
+        count, what = len(batch), "new real photos held back on night 1"
+    else:
+        per_class = settings.per_class if night == 1 else settings.new_per_class
+        made = scenes.generate_scenes(
+            # Drawn larger than the training size, as photos are; the pipeline resizes.
+            folder, per_class=per_class, size=128, seed=20260101,
+            classes=cfg.classes, start_index=state.next_index,
+        )
+        state.next_index += per_class
+        count = len(made)
+        what = f"synthetic scenes, {per_class} per class"
+        if night == 1:
+            count += _stage_bad_files(folder, made)
+            what += " + 4 problem files (duplicate, unlabelled, corrupt, not an image)"
+    ingest.upload_folder(cfg, s3, folder)
+    return count, what
+
+
+def _stage_real(
+    src: Path, folder: Path, classes: tuple[str, ...], hold_per_class: int
+) -> tuple[int, list[str]]:
+    """Symlink a real folder's photos (never copied), holding a few per class back."""
+    if not src.is_dir():
+        raise SystemExit(f"--images {src}: not a folder")
+    files = sorted(p.resolve() for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"--images {src}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    held_by_class: list[list[str]] = []
+    for c in classes:
+        of_class = [str(p) for p in files if re.match(rf"{c}(?![a-z])", p.name.lower())]
+        held_by_class.append(of_class[-hold_per_class:] if len(of_class) > 10 else [])
+    held = {h for group in held_by_class for h in group}
+    now = [p for p in files if str(p) not in held]
+    for p in now:
+        (folder / p.name).symlink_to(p)
+    # Interleaved by class, so that each later night gets some of every class.
+    order = [h for row in itertools.zip_longest(*held_by_class) for h in row if h]
+    return len(now), order
+
+
+def _stage_bad_files(folder: Path, made: list[Path]) -> int:
+    """Files that ingest must not accept, to show the quarantine (and duplicate handling)."""
+    first = made[0]
+    shutil.copyfile(first, folder / f"{first.stem}_copy{first.suffix}")  # same bytes: duplicate
+    shutil.copyfile(made[-1], folder / "fog_0001.jpg")  # no class name in the file name
+    (folder / "rain_corrupt.jpg").write_bytes(first.read_bytes()[:300])  # truncated JPEG
+    (folder / "cloudy_notes.txt").write_text("not a photo\n")
+    return 4
+
+
+# --- the DAG run ---------------------------------------------------------------------------------
+
+
+def _run_dag(env: dict[str, str], db: Path, log_path: Path) -> dict[str, Any]:
+    """``python dags/weather_retrain.py`` (dag.test()), with progress read from Airflow's DB."""
+    before = _latest_run_id(db)
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(DAG_FILE), json.dumps({})],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        seen: dict[str, str] = {}
+        epoch_seen = ""
+        while proc.poll() is None:
+            time.sleep(2)
+            for task, ti_state in _task_states(db, before).items():
+                if ti_state and seen.get(task) != ti_state:
+                    seen[task] = ti_state
+                    _Progress.info(f"[{time.monotonic() - started:5.0f}s] {task:<13} {ti_state}")
+            epoch = _last_epoch(log_path)
+            if epoch and epoch != epoch_seen and seen.get("train") == "running":
+                epoch_seen = epoch
+                _Progress.info(f"[{time.monotonic() - started:5.0f}s] {'train':<13} {epoch}")
+    for task, ti_state in _task_states(db, before).items():
+        if ti_state and seen.get(task) != ti_state:
+            _Progress.info(f"[{time.monotonic() - started:5.0f}s] {task:<13} {ti_state}")
+    text = log_path.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith("WEATHER_NIGHT ")]
+    if not lines:
+        tail = "\n".join(text.splitlines()[-40:])
+        raise RuntimeError(f"the DAG run printed no result (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len("WEATHER_NIGHT "):])
+
+
+def _db_query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute(sql, params).fetchall()
+    except sqlite3.Error:  # locked by the writer or not migrated yet: try on the next poll
+        return []
+
+
+def _latest_run_id(db: Path) -> int:
+    rows = _db_query(db, "SELECT max(id) FROM dag_run WHERE dag_id = ?", (DAG_ID,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def _task_states(db: Path, after_id: int) -> dict[str, str | None]:
+    rows = _db_query(
+        db,
+        "SELECT ti.task_id, ti.state FROM task_instance ti JOIN dag_run dr "
+        "ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id "
+        "WHERE dr.dag_id = ? AND dr.id = (SELECT max(id) FROM dag_run WHERE dag_id = ?) "
+        "AND dr.id > ?",
+        (DAG_ID, DAG_ID, after_id),
+    )
+    order = ["ingest", "anything_new", "train", "evaluate", "promote", "report"]
+    return dict(sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else 99))
+
+
+_EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
+_VAL = re.compile(r"val_accuracy: ([0-9.]+)")
+
+
+def _last_epoch(log_path: Path) -> str:
+    """The last finished Keras epoch in the log ("epoch 3/15, val_accuracy 0.81")."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 20_000))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    epochs = list(_EPOCH.finditer(tail))
+    if not epochs:
+        return ""
+    last = epochs[-1]
+    val = _VAL.search(tail, last.end())
+    if val is None:  # still inside that epoch: report the previous one, if any
+        if len(epochs) < 2:
+            return ""
+        last = epochs[-2]
+        val = _VAL.search(tail, last.end())
+    return f"epoch {last.group(1)}/{last.group(2)}, val_accuracy {float(val.group(1)):.3f}" if val \
+        else ""
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def _print_header(
+    night: int, state_dir: Path, cfg: PipelineConfig, s: DemoSettings, images: str | None
+) -> None:
+    source = f"real photos from {images}" if images else (
+        f"synthetic scenes, {s.per_class} per class on night 1, {s.new_per_class} more per class "
+        "on each later night"
+    )
+    print(
+        f"weather demo: night {night} (state in {state_dir})\n"
+        f"  images: {source}\n"
+        f"  training: {cfg.model} at {cfg.image_size}px, {cfg.epochs} epochs, batch "
+        f"{cfg.batch_size} (production defaults: 250px, 100 epochs; override with WEATHER_*)\n"
+        f"  promotion: accuracy floor {cfg.accuracy_floor}, min_delta {cfg.min_delta}, "
+        f"max class recall drop {cfg.max_class_recall_drop}\n",
+        flush=True,
+    )
+
+
+def _night_lines(
+    night: int, result: dict[str, Any], seconds: float, state: _State, s: DemoSettings,
+    state_dir: Path,
+) -> list[str]:
+    report = result.get("report") or {}
+    out = ["", f"Night {night}: {result.get('state')} in {seconds:.0f}s "
+               f"(DAG run {result.get('run_id')}, outcome: {report.get('outcome')})"]
+    tasks = result.get("tasks") or {}
+    out.append("  tasks: " + ", ".join(f"{k}={v}" for k, v in tasks.items()))
+    ing = report.get("ingest")
+    if ing:
+        q = ing.get("quarantined_total") or 0
+        out.append(
+            f"  ingest: {ing.get('new')} new objects: {ing.get('accepted')} accepted, "
+            f"{ing.get('duplicate')} duplicate, {q} quarantined; manifest "
+            f"{ing.get('manifest_version')} (was {ing.get('previous_version')}), "
+            f"{ing.get('images_total')} images in the dataset"
+        )
+        if q:
+            out.append(f"          rejected files and reasons: s3://{s.bucket}/quarantine/")
+    tr = report.get("train")
+    if tr:
+        out.append(
+            f"  train: {tr.get('model')} at {tr.get('image_size')}px, {tr.get('epochs_run')} "
+            f"epochs in {_num(tr.get('train_seconds'), '.0f')}s, best val_accuracy "
+            f"{_num(tr.get('best_val_accuracy'), '.3f')}; MLflow run {tr.get('run_id')}"
+        )
+    ev = report.get("evaluation")
+    if ev:
+        chal = (ev.get("challenger") or {}).get("accuracy")
+        champ = (ev.get("champion") or {}).get("accuracy")
+        vs = (f"champion v{ev.get('champion_version')} {_num(champ, '.3f')}"
+              if ev.get("champion") else "no champion yet")
+        if ev.get("champion_error"):
+            vs += f" (champion unusable: {ev['champion_error']})"
+        out.append(
+            f"  evaluate: challenger {_num(chal, '.3f')} vs {vs} on the same "
+            f"{ev.get('n_test')} test images -> {'promote' if ev.get('promote') else 'keep'}"
+        )
+        for reason in ev.get("reasons") or []:
+            out.append(f"            - {reason}")
+    pr = report.get("promotion")
+    if pr:
+        if pr.get("promoted"):
+            prev = f" (v{pr['previous_version']} is now @previous)" if pr.get(
+                "previous_version") else ""
+            out.append(f"  promote: {pr.get('registered_model')} v{pr.get('version')} is now "
+                       f"@champion{prev}")
+        else:
+            out.append(f"  promote: not promoted ({pr.get('status')}): {pr.get('reason')}")
+    if report.get("outcome") == "nothing new":
+        out.append("  nothing new in incoming/: training skipped (short-circuit)")
+    out += [
+        "",
+        "Nights so far: " + "; ".join(
+            f"#{h['night']} {h.get('outcome')} ({h.get('seconds')}s)" for h in state.history
+        ),
+        "Next: run `.venv/bin/weather demo` again for an incremental night "
+        f"({s.new_per_class} new images per class).",
+        "Look at what it made (MLflow UI, Airflow UI with the run and the model-history page):",
+        f"  .venv/bin/weather demo --serve --state-dir {_rel(state_dir)}",
+        f"  then open http://127.0.0.1:{s.airflow_port} (Airflow; Browse > Weather models) and "
+        f"http://127.0.0.1:{s.mlflow_port} (MLflow)",
+        f"Logs: {_rel(state_dir / 'logs')}/  Start over: rm -rf {_rel(state_dir)}",
+    ]
+    return out
+
+
+def _champion_version(report: dict[str, Any] | None) -> str | None:
+    promotion = (report or {}).get("promotion") or {}
+    return promotion.get("version") if promotion.get("promoted") else None
+
+
+# Wired to the demo's own services: a user's value would point the demo elsewhere.
+_DEMO_OWNED = {"WEATHER_MLFLOW_TRACKING_URI", "WEATHER_MLFLOW_UI_URL", "WEATHER_S3_ENDPOINT_URL",
+               "WEATHER_WORK_DIR"}
+
+
+def _weather_overrides() -> dict[str, str]:
+    """``WEATHER_*`` set by the user win over the demo defaults (training settings etc.)."""
+    return {
+        k: v for k, v in os.environ.items()
+        if k.startswith("WEATHER_") and v.strip() and k not in _DEMO_OWNED
+    }
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "-"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _port_or_free(port: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return local_services.free_port()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"{url} did not answer in {timeout}s")

@@ -1,0 +1,254 @@
+"""The MLflow registry side: register winners, move the ``champion`` alias, roll back.
+
+Only a run whose evaluation says "promote" becomes a model version of
+``cfg.registered_model``; it gets alias ``champion`` and the version it replaced gets alias
+``previous`` (it keeps its version number). Aliases, never stages (deprecated in MLflow 3).
+
+Idempotent: a run is registered at most once (versions are looked up by run id), so a retried
+promote task finds its version and only finishes moving the aliases. Race guard: the champion
+is re-read just before the alias moves; if it is no longer the version the evaluation compared
+against, promotion is refused (re-evaluate against the new champion). The registry has no
+compare-and-set on aliases, so the guard narrows the window rather than closing it; the DAG's
+``max_active_runs=1`` is what serializes promotions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from weather_tasks import serving
+from weather_tasks.config import PipelineConfig
+from weather_tasks.evaluate import EvalReport, read_evaluation
+
+log = logging.getLogger(__name__)
+
+PREVIOUS = "previous"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (nothing to roll back to, unknown version, ...)."""
+
+
+@dataclass(frozen=True)
+class PromoteReport:
+    run_id: str
+    # promoted | already_champion | not_better | refused_champion_changed
+    status: str
+    promoted: bool
+    version: str | None
+    previous_version: str | None
+    accuracy: float
+    manifest_version: str
+    registered_model: str
+    reason: str
+
+    @property
+    def failed(self) -> bool:
+        """A refused promotion is an error for the caller; "not better" is a normal outcome."""
+        return self.status == "refused_champion_changed"
+
+    @property
+    def model_uri(self) -> str | None:
+        return f"models:/{self.registered_model}/{self.version}" if self.version else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "promoted": self.promoted,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "accuracy": self.accuracy,
+            "manifest_version": self.manifest_version,
+            "registered_model": self.registered_model,
+            "model_uri": self.model_uri,
+            "reason": self.reason,
+        }
+
+    def summary(self) -> str:
+        head = f"{self.status}: run {self.run_id}"
+        if self.version:
+            head += f" -> {self.registered_model} v{self.version}"
+        if self.previous_version:
+            head += f" (previous: v{self.previous_version})"
+        return f"{head}\n  {self.reason}"
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    registered_model: str
+    from_version: str | None
+    to_version: str
+    changed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "registered_model": self.registered_model,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "changed": self.changed,
+        }
+
+    def summary(self) -> str:
+        if not self.changed:
+            return f"{self.registered_model}@champion already is v{self.to_version}"
+        return (
+            f"{self.registered_model}@champion: v{self.from_version} -> v{self.to_version} "
+            f"(@previous = v{self.from_version})"
+        )
+
+
+def promote_if_better(
+    cfg: PipelineConfig,
+    run_id_or_eval_report: str | EvalReport | Mapping[str, Any],
+    *,
+    airflow_run_id: str | None = None,
+) -> PromoteReport:
+    """Register the evaluated run's model and make it champion, if its evaluation says so.
+
+    Accepts a run id (the evaluation is read from the run), an :class:`EvalReport`, or its
+    ``as_dict()`` (what the DAG passes through XCom).
+    """
+    from mlflow.tracking import MlflowClient
+
+    serving.use_tracking(cfg)
+    if isinstance(run_id_or_eval_report, str):
+        report = read_evaluation(cfg, run_id_or_eval_report)
+    elif isinstance(run_id_or_eval_report, EvalReport):
+        report = run_id_or_eval_report
+    else:
+        report = EvalReport.from_dict(run_id_or_eval_report)
+    name = cfg.registered_model
+    client = MlflowClient()
+
+    def result(
+        status: str, version: str | None, previous: str | None, reason: str
+    ) -> PromoteReport:
+        out = PromoteReport(
+            run_id=report.run_id,
+            status=status,
+            promoted=status in ("promoted", "already_champion"),
+            version=version,
+            previous_version=previous,
+            accuracy=report.challenger.accuracy,
+            manifest_version=report.manifest_version,
+            registered_model=name,
+            reason=reason,
+        )
+        (log.warning if out.failed else log.info)("promotion: %s", out.summary())
+        return out
+
+    current = _alias_version(client, name, serving.CHAMPION)
+    existing = _version_of_run(client, name, report.run_id)
+    if existing is not None and current == existing:
+        return result(
+            "already_champion", existing, _alias_version(client, name, PREVIOUS),
+            f"run {report.run_id} already is {name}@champion (v{existing}); nothing to do",
+        )
+    if not report.promote:
+        return result("not_better", existing, None, "; ".join(report.decision.reasons))
+    if current != report.champion_version:
+        return result(
+            "refused_champion_changed", existing, None,
+            f"champion changed since evaluation (evaluated against "
+            f"v{report.champion_version or 'none'}, now v{current or 'none'}); re-evaluate",
+        )
+
+    if existing is None:
+        existing = _register(client, cfg, report, airflow_run_id)
+
+    # Race guard: re-read right before the alias moves, after the (slow) registration.
+    now = _alias_version(client, name, serving.CHAMPION)
+    if now != report.champion_version:
+        return result(
+            "refused_champion_changed", existing, None,
+            f"champion changed during promotion (expected v{report.champion_version or 'none'}, "
+            f"found v{now or 'none'}); v{existing} stays registered without alias",
+        )
+    # "previous" first: a crash between the two calls leaves the champion untouched.
+    if now is not None:
+        client.set_registered_model_alias(name, PREVIOUS, now)
+    client.set_registered_model_alias(name, serving.CHAMPION, existing)
+    client.set_model_version_tag(
+        name, existing, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    client.set_tag(report.run_id, "registry.version", existing)
+    return result(
+        "promoted", existing, now,
+        "; ".join(report.decision.reasons) or "evaluation says promote",
+    )
+
+
+def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> RollbackReport:
+    """Move ``champion`` to ``previous`` (or ``to_version``); the replaced one becomes previous."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    serving.use_tracking(cfg)
+    client = MlflowClient()
+    name = cfg.registered_model
+    current = _alias_version(client, name, serving.CHAMPION)
+    if to_version is None:
+        target = _alias_version(client, name, PREVIOUS)
+        if target is None:
+            raise RegistryError(f"{name} has no @previous version to roll back to; pass --to")
+    else:
+        target = str(to_version)
+        try:
+            client.get_model_version(name, target)
+        except MlflowException as exc:
+            raise RegistryError(f"{name} has no version {target!r}") from exc
+    if target == current:
+        return RollbackReport(name, current, target, changed=False)
+    # Same order as promotion: the alias a crash could leave stale is the less important one.
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current)
+    client.set_registered_model_alias(name, serving.CHAMPION, target)
+    client.set_model_version_tag(
+        name, target, "rolled_back_to_at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    log.warning("rollback: %s@champion v%s -> v%s", name, current, target)
+    return RollbackReport(name, current, target, changed=True)
+
+
+def _register(
+    client: Any, cfg: PipelineConfig, report: EvalReport, airflow_run_id: str | None
+) -> str:
+    import mlflow
+
+    tags = {
+        "accuracy": f"{report.challenger.accuracy:.6f}",
+        "manifest_version": report.manifest_version,
+        "run_id": report.run_id,
+        "airflow_run_id": airflow_run_id or "",
+    }
+    if report.mcnemar_p is not None:
+        tags["mcnemar_p_vs_previous"] = f"{report.mcnemar_p:.6g}"
+    mv = mlflow.register_model(
+        serving.run_model_uri(report.run_id), cfg.registered_model, tags=tags
+    )
+    log.info("registered %s v%s from run %s", cfg.registered_model, mv.version, report.run_id)
+    return str(mv.version)
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _version_of_run(client: Any, name: str, run_id: str) -> str | None:
+    """The version registered from ``run_id`` (the oldest, should there ever be two)."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    return str(min(int(v.version) for v in versions))
