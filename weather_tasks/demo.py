@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -59,10 +60,14 @@ class DemoSettings:
     """
 
     image_size: int = 64
-    per_class: int = 40
+    per_class: int = 60
     new_per_class: int = 3
-    epochs: int = 15
-    batch_size: int = 16
+    epochs: int = 25
+    # Small batches give BatchNorm's running statistics enough steps to settle on a small
+    # dataset (until they do, validation sits at chance), and a longer LR patience keeps
+    # ReduceLROnPlateau from cutting the LR during that warm-up (seed: 5).
+    batch_size: int = 8
+    lr_patience: int = 10
     model: str = "model_3"
     bucket: str = "weather"
     mlflow_port: int = 5000
@@ -74,6 +79,7 @@ class DemoSettings:
             "WEATHER_IMAGE_SIZE": str(self.image_size),
             "WEATHER_EPOCHS": str(self.epochs),
             "WEATHER_BATCH_SIZE": str(self.batch_size),
+            "WEATHER_LR_PATIENCE": str(self.lr_patience),
             "WEATHER_MODEL": self.model,
             "WEATHER_SCHEDULE": "none",
         }
@@ -154,6 +160,7 @@ def run_demo(args: argparse.Namespace) -> DemoReport | dict[str, Any]:
     state_dir = Path(getattr(args, "state_dir", None) or ".demo").resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update({k: v for k, v in local_services.LOCAL_S3_ENV.items()})
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # the steps speak for themselves
     if getattr(args, "serve", False):
         return serve_ui(state_dir, settings)
     return run_night(state_dir, settings, getattr(args, "images", None))
@@ -547,7 +554,8 @@ def _print_header(
         f"weather demo: night {night} (state in {state_dir})\n"
         f"  images: {source}\n"
         f"  training: {cfg.model} at {cfg.image_size}px, {cfg.epochs} epochs, batch "
-        f"{cfg.batch_size} (production defaults: 250px, 100 epochs; override with WEATHER_*)\n"
+        f"{cfg.batch_size}, LR patience {cfg.lr_patience} (production: 250px, 100 epochs, "
+        "batch 16, patience 5; override with WEATHER_*)\n"
         f"  promotion: accuracy floor {cfg.accuracy_floor}, min_delta {cfg.min_delta}, "
         f"max class recall drop {cfg.max_class_recall_drop}\n",
         flush=True,

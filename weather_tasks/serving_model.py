@@ -77,10 +77,12 @@ class WeatherClassifier(PythonModel):
                 probs[row] = out[j]
                 labels[row] = self.classes[int(np.argmax(out[j]))]
 
-        result = pd.DataFrame({"label": labels})
+        # dtype=object keeps None as None (JSON null over REST); pandas 3's default string
+        # dtype would turn it into NaN.
+        result = pd.DataFrame({"label": pd.Series(labels, dtype=object)})
         for k, c in enumerate(self.classes):
             result[f"prob_{c}"] = probs[:, k]
-        result["error"] = errors
+        result["error"] = pd.Series(errors, dtype=object)
         return result[columns]
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:

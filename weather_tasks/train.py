@@ -27,6 +27,7 @@ by :func:`weather_tasks.serving.log_model` (a pyfunc that takes image bytes or p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -47,6 +48,7 @@ from weather_tasks.config import PipelineConfig
 log = logging.getLogger(__name__)
 
 BEST_CHECKPOINT_NOTE = "weights of the best val_accuracy epoch restored (ModelCheckpoint)"
+REPORT_ARTIFACT = "reports/train_report.json"
 
 
 @dataclass(frozen=True)
@@ -133,17 +135,28 @@ def train_model(
     s3: Any = None,
     airflow_run_id: str | None = None,
 ) -> TrainReport:
-    """Train ``cfg.model`` on a manifest version (default: the latest); one MLflow run."""
+    """Train ``cfg.model`` on a manifest version (default: the latest); one MLflow run.
+
+    Idempotent per Airflow run: when ``airflow_run_id`` is given and a finished run of the
+    same Airflow run, manifest version and training settings exists, its report is returned
+    and nothing is trained or logged again (a cleared task does not make a second model).
+    """
     s3 = storage.make_client(cfg) if s3 is None else s3
+    version = manifest_version or manifest.read_manifest(s3, cfg).version
+    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    settings_digest = training_settings_digest(cfg)
+    if airflow_run_id:
+        previous = _finished_report(cfg, airflow_run_id, version, settings_digest)
+        if previous is not None:
+            log.info("run %s already trained this; reusing it", previous.run_id)
+            return previous
+
     device = configure_devices()
     precision = resolve_precision(cfg.precision, has_gpu=device.startswith("GPU"))
-    keras.utils.set_random_seed(cfg.seed)
-
-    training = data.load_training_data(cfg, s3, manifest_version)
+    training = data.load_training_data(cfg, s3, version)
     m = training.manifest
     log.info("manifest %s: %s", m.version, training.counts())
 
-    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
     experiment = mlflow.set_experiment(cfg.experiment_name)
     tags = {
         "manifest_version": m.version,
@@ -153,6 +166,7 @@ def train_model(
         "precision": precision,
         "device": device,
         "best_checkpoint": BEST_CHECKPOINT_NOTE,
+        "training_settings_sha256": settings_digest,
     }
     if airflow_run_id:
         tags["airflow_run_id"] = airflow_run_id
@@ -176,6 +190,7 @@ def train_model(
         _log_dataset(cfg, m, training)
         try:
             keras.config.set_dtype_policy(precision)
+            keras.utils.set_random_seed(cfg.seed)  # weights, dropout; the data has its own seeds
             model = _build_and_compile(cfg)
             fit = _fit(model, cfg, training, Path(tmp))
         finally:
@@ -193,34 +208,69 @@ def train_model(
                 "train_seconds": fit["train_seconds"],
             }
         )
-        from weather_tasks import serving  # H2's module: pyfunc with preprocessing inside
+        from weather_tasks import serving  # pyfunc with decoding and resizing inside
 
         model_uri = serving.log_model(serving_model, cfg, training.val.paths[0])
-
-    report = TrainReport(
-        run_id=run.info.run_id,
-        experiment_id=experiment.experiment_id,
-        model_uri=model_uri,
-        manifest_version=m.version,
-        manifest_digest=m.digest,
-        model=cfg.model,
-        image_size=cfg.image_size,
-        precision=precision,
-        device=device,
-        best_epoch=fit["best_epoch"],
-        best_val_accuracy=fit["best_val_accuracy"],
-        best_val_loss=fit["best_val_loss"],
-        final_val_accuracy=fit["history"]["val_accuracy"][-1],
-        epochs_run=fit["epochs_run"],
-        train_images=training.train.size,
-        val_images=training.val.size,
-        test_images=training.test.size,
-        images_per_second=fit["images_per_second"],
-        train_seconds=fit["train_seconds"],
-        airflow_run_id=airflow_run_id,
-    )
+        report = TrainReport(
+            run_id=run.info.run_id,
+            experiment_id=experiment.experiment_id,
+            model_uri=model_uri,
+            manifest_version=m.version,
+            manifest_digest=m.digest,
+            model=cfg.model,
+            image_size=cfg.image_size,
+            precision=precision,
+            device=device,
+            best_epoch=fit["best_epoch"],
+            best_val_accuracy=fit["best_val_accuracy"],
+            best_val_loss=fit["best_val_loss"],
+            final_val_accuracy=fit["history"]["val_accuracy"][-1],
+            epochs_run=fit["epochs_run"],
+            train_images=training.train.size,
+            val_images=training.val.size,
+            test_images=training.test.size,
+            images_per_second=fit["images_per_second"],
+            train_seconds=fit["train_seconds"],
+            airflow_run_id=airflow_run_id,
+        )
+        # Last thing in the run: a finished run with this file is a complete training.
+        mlflow.log_dict(report.as_dict(), REPORT_ARTIFACT)
     log.info("%s", report.summary())
     return report
+
+
+def training_settings_digest(cfg: PipelineConfig) -> str:
+    """sha256 of the settings that change what a training produces (not where it logs)."""
+    keys = ("model", "image_size", "epochs", "batch_size", "learning_rate", "lr_factor",
+            "lr_patience", "lr_min", "lr_cooldown", "precision", "seed", "classes")
+    settings = {k: v for k, v in cfg.as_dict().items() if k in keys}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _finished_report(
+    cfg: PipelineConfig, airflow_run_id: str, version: str, settings_digest: str
+) -> TrainReport | None:
+    experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+    if experiment is None:
+        return None
+    quoted = airflow_run_id.replace("'", "\\'")
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=(
+            f"tags.airflow_run_id = '{quoted}' and tags.manifest_version = '{version}' "
+            f"and tags.training_settings_sha256 = '{settings_digest}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    for run in runs:
+        try:
+            saved = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}")
+        except Exception:  # noqa: BLE001 - no report: not a complete training, look further
+            continue
+        return TrainReport(**saved)
+    return None
 
 
 def _log_dataset(cfg: PipelineConfig, m: manifest.Manifest, training: data.TrainingData) -> None:

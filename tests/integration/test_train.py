@@ -138,6 +138,12 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
     assert set(class_report["per_class"]) == set(cfg.classes)
     assert class_report["accuracy"] == pytest.approx(report.best_val_accuracy)
 
+    # A cleared Airflow task (same Airflow run, manifest and settings) trains nothing again.
+    again = train.train_model(cfg, "v000001", s3=s3, airflow_run_id="manual__2026-01-01")
+    assert again == report
+    runs = client.search_runs([report.experiment_id])
+    assert [r.info.run_id for r in runs] == [report.run_id]
+
     # The logged model loads as a pyfunc and classifies real photos from their paths.
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(report.model_uri)

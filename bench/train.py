@@ -1,0 +1,255 @@
+"""Benchmark: training throughput of the project's input pipeline vs the seed's, same process.
+
+Three variants train the seed's Model 3 on the same real photos, same image size, same
+batch size (16), same optimizer:
+
+- ``seed``: what the notebook does: Keras ``ImageDataGenerator`` with the seed's augmentation
+  (``tf.keras.preprocessing.image.ImageDataGenerator``), ``flow_from_directory`` on a
+  temporary class-folder copy of the images, feeding ``model.fit``; float32.
+- ``ours``: ``weather_tasks.data.make_dataset`` (decode + resize once, cache, seeded shuffle,
+  batched parallel augmentation, prefetch); float32.
+- ``ours-bf16``: the same pipeline under the ``mixed_bfloat16`` policy (output layer float32).
+
+The machine is shared, so the variants run *interleaved*, one epoch each in turn, rotating
+the order every round: background load hits all of them alike. Throughput is images/s of
+the training part of an epoch (validation excluded), steady state (epochs after the first,
+which traces the graph and fills the decode cache); the first epoch is printed too. Val
+accuracy of every model is measured on the same val images through the same eval pipeline.
+With a few epochs on a couple of hundred images this shows the models learn comparably, not
+final accuracy. Optionally, the pyfunc model's prediction latency (single image, batch).
+
+Prints numbers and ratios; asserts nothing about time.
+Run: ``.venv/bin/python bench/train.py [--images 200] [--epochs 3] [--sizes 128,250]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from weather_tasks import config, data, models  # noqa: E402
+
+MWD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mwd"
+CLASSES = config.DEFAULT_CLASSES
+BATCH = 16
+
+
+@dataclass
+class Variant:
+    name: str
+    model: keras.Model
+    train: Any
+    val: Any
+    n_train: int
+    epoch_seconds: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+
+    def steady_images_per_second(self) -> float:
+        times = self.epoch_seconds[1:] or self.epoch_seconds
+        return self.n_train * len(times) / sum(times)
+
+    def first_epoch_images_per_second(self) -> float:
+        return self.n_train / self.epoch_seconds[0]
+
+
+class _TrainTimer(keras.callbacks.Callback):
+    """Seconds of the training part of each epoch (up to the start of validation)."""
+
+    def __init__(self, out: list[float]) -> None:
+        super().__init__()
+        self.out = out
+        self._start = 0.0
+        self._done = False
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._start, self._done = time.perf_counter(), False
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        if not self._done:
+            self.out.append(time.perf_counter() - self._start)
+            self._done = True
+
+
+def select_images(n: int, seed: int = 123) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """n distinct JPEG photos, balanced over the classes, split 70/30 per class (seeded)."""
+    images = MWD / "images"
+    if not images.is_dir():
+        sys.exit(f"real photos not found at {images}")
+    with open(MWD / "MANIFEST.tsv", newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["format"] == "JPEG"]
+    rng = random.Random(seed)
+    train: list[tuple[Path, str]] = []
+    val: list[tuple[Path, str]] = []
+    for label in CLASSES:
+        distinct = {r["sha256"]: r for r in rows if r["class"] == label}
+        chosen = sorted(distinct.values(), key=lambda r: r["filename"])
+        rng.shuffle(chosen)
+        chosen = chosen[: n // len(CLASSES)]
+        cut = round(len(chosen) * 0.7)
+        train += [(images / r["filename"], label) for r in chosen[:cut]]
+        val += [(images / r["filename"], label) for r in chosen[cut:]]
+    return train, val
+
+
+def class_folders(pairs: list[tuple[Path, str]], root: Path) -> Path:
+    """The seed's layout: one folder per class (what directory_clf + split-folders made)."""
+    for path, label in pairs:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / label / path.name)
+    return root
+
+
+def seed_generators(train_dir: Path, val_dir: Path, size: int) -> tuple[Any, Any]:
+    """The notebook's ImageDataGenerator setup, except target_size = the model's size."""
+    ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator  # noqa: N806
+    train_gen = ImageDataGenerator(
+        rescale=1.0 / 255,
+        shear_range=0.2,
+        zoom_range=0.2,
+        horizontal_flip=True,
+        width_shift_range=0.2,
+        height_shift_range=0.2,
+        rotation_range=20,
+        brightness_range=[0.5, 1.5],
+    ).flow_from_directory(
+        str(train_dir), target_size=(size, size), batch_size=BATCH,
+        class_mode="categorical", classes=list(CLASSES), shuffle=True, seed=123,
+    )
+    val_gen = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
+        str(val_dir), target_size=(size, size), batch_size=BATCH,
+        class_mode="categorical", classes=list(CLASSES), shuffle=False,
+    )
+    return train_gen, val_gen
+
+
+def build(policy: str, size: int) -> keras.Model:
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(policy)
+        keras.utils.set_random_seed(123)  # same initial weights for every variant
+        model = models.build_model("model_3", size, len(CLASSES))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def run_size(size: int, epochs: int, train_pairs: list, val_pairs: list, tmp: Path,
+             variants_wanted: list[str]) -> list[Variant]:
+    cfg = config.from_env(environ={}, image_size=size, batch_size=BATCH, seed=123)
+    eval_ds = data.make_dataset(val_pairs, cfg, training=False)
+    variants: list[Variant] = []
+    if "seed" in variants_wanted:
+        train_dir = class_folders(train_pairs, tmp / f"s{size}" / "train")
+        val_dir = class_folders(val_pairs, tmp / f"s{size}" / "val")
+        train_gen, val_gen = seed_generators(train_dir, val_dir, size)
+        variants.append(Variant("seed", build("float32", size), train_gen, val_gen,
+                                len(train_pairs)))
+    for name, policy in (("ours", "float32"), ("ours-bf16", "mixed_bfloat16")):
+        if name in variants_wanted:
+            variants.append(Variant(name, build(policy, size),
+                                    data.make_dataset(train_pairs, cfg, training=True),
+                                    eval_ds, len(train_pairs)))
+    for epoch in range(epochs):
+        order = variants[epoch % len(variants):] + variants[: epoch % len(variants)]
+        for v in order:
+            t0 = time.perf_counter()
+            hist = v.model.fit(v.train, validation_data=v.val, epochs=epoch + 1,
+                               initial_epoch=epoch, verbose=0,
+                               callbacks=[_TrainTimer(v.epoch_seconds)])
+            v.val_accuracy.append(float(hist.history["val_accuracy"][-1]))
+            seconds = v.epoch_seconds[-1]
+            print(f"  {size}px epoch {epoch + 1}/{epochs} {v.name:<9} "
+                  f"train {seconds:6.1f}s ({v.n_train / seconds:5.1f} img/s)"
+                  f"  val_acc {v.val_accuracy[-1]:.3f}  wall {time.perf_counter() - t0:5.1f}s",
+                  flush=True)
+    for v in variants:  # every model on the same val pixels
+        v.val_accuracy.append(float(v.model.evaluate(eval_ds, verbose=0)[1]))
+    return variants
+
+
+def report(size: int, variants: list[Variant]) -> None:
+    by = {v.name: v for v in variants}
+    print(f"\n== Model 3 at {size}px, batch {BATCH}, {variants[0].n_train} train images ==")
+    print(f"{'variant':<10} {'img/s steady':>13} {'img/s epoch 1':>14} "
+          f"{'val acc (same pipeline)':>24}")
+    for v in variants:
+        print(f"{v.name:<10} {v.steady_images_per_second():13.1f} "
+              f"{v.first_epoch_images_per_second():14.1f} {v.val_accuracy[-1]:24.3f}")
+    if "seed" in by:
+        base = by["seed"].steady_images_per_second()
+        for name in ("ours", "ours-bf16"):
+            if name in by:
+                print(f"ratio {name} / seed: {by[name].steady_images_per_second() / base:.2f}x "
+                      f"(target 3x)")
+    if "ours" in by and "ours-bf16" in by:
+        ratio = by["ours-bf16"].steady_images_per_second() / by["ours"].steady_images_per_second()
+        print(f"ratio ours-bf16 / ours (float32): {ratio:.2f}x")
+
+
+def latency(model: keras.Model, size: int, paths: list[Path], tmp: Path) -> None:
+    """Log the model as the project's pyfunc to a local SQLite store and time predictions."""
+    import mlflow
+
+    from weather_tasks import serving
+
+    cfg = config.from_env(environ={}, image_size=size)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    mlflow.set_experiment("bench-train")
+    with mlflow.start_run():
+        uri = serving.log_model(model, cfg, str(paths[0]))
+    result = serving.measure_latency(uri, paths, batch_size=32, repeats=20)
+    print(f"\n== pyfunc prediction latency ({size}px model, CPU) ==\n{result.summary()}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--sizes", default="128,250")
+    p.add_argument("--variants", default="seed,ours,ours-bf16")
+    p.add_argument("--no-latency", action="store_true")
+    args = p.parse_args()
+    train_pairs, val_pairs = select_images(args.images)
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = sorted({f for f in ("avx512_bf16", "amx_bf16", "avx512f") if f in cpu.split()})
+    print(f"{len(train_pairs)} train / {len(val_pairs)} val real photos; {os.cpu_count()} CPUs "
+          f"({', '.join(flags) or 'no avx512/amx'}); load average {os.getloadavg()[0]:.1f}; "
+          f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    started = time.perf_counter()
+    last: dict[int, list[Variant]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            last[size] = run_size(size, args.epochs, train_pairs, val_pairs, Path(tmp),
+                                  args.variants.split(","))
+            report(size, last[size])
+        if not args.no_latency:
+            size = max(last)
+            ours = next((v for v in last[size] if v.name == "ours"), last[size][-1])
+            latency(ours.model, size, [p for p, _ in val_pairs], Path(tmp))
+    print(f"\ntotal {time.perf_counter() - started:.0f}s; load average now "
+          f"{statistics.mean(os.getloadavg()[:1]):.1f}")
+
+
+if __name__ == "__main__":
+    main()
