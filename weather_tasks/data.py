@@ -40,11 +40,12 @@ ZOOM_RANGE = 0.2  # zoom factors in [0.8, 1.2], drawn independently per axis
 BRIGHTNESS_RANGE = (0.5, 1.5)
 HORIZONTAL_FLIP = True
 
-# The resize must be the one the served model does (weather_tasks/serving_model.py:
-# keras.ops.image.resize, bilinear, no antialiasing), or the model would see different
-# pixels in production than in training. tests/unit/test_data.py checks they agree.
+# One resize for training and serving: weather_tasks.serving logs these two settings with
+# the model, and serving_model.py resizes with them (then rounds to uint8 like our cache),
+# so production pixels are training pixels; tests/unit/test_data.py checks it. Antialiasing,
+# because most photos are downscaled several times and plain bilinear would alias.
 RESIZE_METHOD = "bilinear"
-RESIZE_ANTIALIAS = False
+RESIZE_ANTIALIAS = True
 
 
 class DataError(ValueError):

@@ -328,6 +328,7 @@ def _fit(model: Any, cfg: PipelineConfig, training: data.TrainingData, tmp: Path
         validation_data=training.val.dataset,
         epochs=cfg.epochs,
         callbacks=callbacks,
+        shuffle=False,  # the training dataset shuffles itself (seeded)
         verbose=2,
     ).history
     history["learning_rate"] = timer.learning_rates

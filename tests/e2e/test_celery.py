@@ -234,7 +234,7 @@ def celery_airflow(
         AIRFLOW__API__PORT=str(port),
         AIRFLOW__API__WORKERS="1",
         AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{REDIS_PORT}/{random.randint(8, 15)}",
-        AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db.replace("+psycopg2", ""),
+        AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db,
         AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(local_services.free_port()),
         AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME=str(JWT_EXPIRATION),

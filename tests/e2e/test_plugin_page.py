@@ -90,26 +90,39 @@ def registered_model(mlflow_server: local_services.Service, tmp_path_factory) ->
 def page_server(
     registered_model: dict, mlflow_server: local_services.Service, tmp_path_factory
 ) -> Iterator[str]:
-    """The plugin's FastAPI app in uvicorn, configured by environment as in the API server."""
+    """The plugin's FastAPI app in uvicorn, configured by environment as in the API server.
+
+    Mounted under ``/weather-models`` in a parent app, as Airflow's API server mounts
+    ``fastapi_apps`` (``app.mount(url_prefix, app)``), so URLs the page builds are the same.
+    """
     port = local_services.free_port()
+    wrapper = tmp_path_factory.mktemp("ui-app")
+    (wrapper / "mounted_ui.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from weather_ui.app import create_app\n\n"
+        "def make() -> FastAPI:\n"
+        "    root = FastAPI()\n"
+        "    root.mount('/weather-models', create_app())\n"
+        "    return root\n"
+    )
     env = {
         **os.environ,
-        "PYTHONPATH": str(PLUGINS),
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(wrapper)]),
         "WEATHER_MLFLOW_TRACKING_URI": mlflow_server.url,
         "WEATHER_MLFLOW_UI_URL": "http://mlflow.example:5000",
         "WEATHER_REGISTERED_MODEL": registered_model["name"],
     }
     log = (tmp_path_factory.mktemp("ui-log") / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "weather_ui.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--root-path", "/weather-models"],
+        [sys.executable, "-m", "uvicorn", "--factory", "mounted_ui:make",
+         "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    url = f"http://127.0.0.1:{port}/weather-models"
+    deadline = time.monotonic() + 300  # a guard against a hung start, not a timing check
     while True:
         try:
-            urllib.request.urlopen(url + "/api/history", timeout=5).read()
+            urllib.request.urlopen(url + "/api/history", timeout=60).read()
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:

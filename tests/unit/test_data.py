@@ -46,10 +46,13 @@ def _cfg(**kw: object) -> config.PipelineConfig:
 
 def _plain(path: Path, size: int) -> np.ndarray:
     """The reference: decode, resize, rescale, nothing else, as the served model does it
-    (serving_model.py: Pillow to RGB, keras.ops.image.resize bilinear, / 255)."""
+    (serving_model.py: Pillow to RGB, keras.ops.image.resize bilinear with antialiasing,
+    rounded to whole grey levels, / 255)."""
     image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
-    resized = keras.ops.image.resize(image, (size, size), interpolation="bilinear")
-    return keras.ops.convert_to_numpy(resized) / 255.0
+    resized = keras.ops.image.resize(
+        image, (size, size), interpolation="bilinear", antialias=True
+    )
+    return np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255) / 255.0
 
 
 def _all(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +65,7 @@ def test_eval_images_pass_through_unaugmented_in_order(pairs: list[tuple[Path, s
     x, y = _all(data.make_dataset(pairs, cfg, training=False))
     assert x.shape == (8, 32, 32, 3) and x.dtype == np.float32
     for i, (path, label) in enumerate(pairs):
-        # Only the uint8 cache rounding separates them (at most half a grey level).
-        np.testing.assert_allclose(x[i], _plain(path, 32), atol=0.5 / 255 + 1e-6)
+        np.testing.assert_allclose(x[i], _plain(path, 32), atol=1e-6)
         assert CLASSES[int(np.argmax(y[i]))] == label
     # Every epoch gives the same images: nothing random in the eval pipeline.
     x2, _ = _all(data.make_dataset(pairs, cfg, training=False))
@@ -141,4 +143,4 @@ def test_real_photos_decode_as_the_served_model_decodes_them() -> None:
     pairs = [(folder / n, re.match(r"[a-z]+", n).group()) for n in names]
     x, _ = _all(data.make_dataset(pairs, _cfg(image_size=64), training=False))
     for i, (path, _) in enumerate(pairs):
-        np.testing.assert_allclose(x[i], _plain(path, 64), atol=0.5 / 255 + 1e-6, err_msg=path.name)
+        np.testing.assert_allclose(x[i], _plain(path, 64), atol=1e-6, err_msg=path.name)
