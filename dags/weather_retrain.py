@@ -21,12 +21,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import Asset, AssetAlias, Param, dag, task
 
 from weather_tasks.config import MODELS  # stdlib-only module: cheap at parse time
+
+if TYPE_CHECKING:
+    from weather_tasks.config import PipelineConfig
 
 S3_CONN_ID = "weather_s3"
 DEFAULT_SCHEDULE = "0 2 * * *"
@@ -57,7 +60,7 @@ def _schedule() -> str | None:
     return None if raw.lower() in ("", "none", "manual") else raw
 
 
-def run_config(params: dict[str, Any] | None) -> Any:
+def run_config(params: dict[str, Any] | None) -> PipelineConfig:
     """This run's ``PipelineConfig``: ``from_env()`` plus the params, validated (the one place)."""
     from weather_tasks import config
 
@@ -65,7 +68,7 @@ def run_config(params: dict[str, Any] | None) -> Any:
     return config.override(config.from_env(), **{k: params.get(k) for k in TRAINING_PARAMS})
 
 
-def _night(params: dict[str, Any] | None) -> tuple[Any, Any]:
+def _night(params: dict[str, Any] | None) -> tuple[PipelineConfig, Any]:
     """This run's config and an S3 client built from the Airflow connection.
 
     Connection secrets stay inside the boto3 session; only the endpoint and region are copied
@@ -108,7 +111,6 @@ def _fail_fast_on_permanent_errors() -> Iterator[None]:
     tags=["weather", "ml", "retraining"],
     default_args={"owner": "ml-platform"},
     doc_md=__doc__,
-    render_template_as_native_obj=False,
     params={
         "force_retrain": Param(
             False,

@@ -177,6 +177,8 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
 
     progress = _Progress(total=6)
     services: list[local_services.Service] = []
+    s3: Any = None
+    saved_ok = False
     try:
         t = progress.step("S3 server (moto, in memory; state restored from disk)")
         s3_server = local_services.start_s3_server(logs)
@@ -222,8 +224,16 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
 
         t = progress.step("Save S3 state")
         saved = snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
+        saved_ok = True
         progress.done(t, f"{saved} new or changed objects written to {state_dir / 's3'}")
     finally:
+        if not saved_ok and s3 is not None:
+            # A failed or interrupted night still keeps what it wrote (the MLflow database
+            # may already point at artifacts on the S3 server).
+            try:
+                snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
+            except Exception as exc:  # noqa: BLE001 - report, then let the first error surface
+                print(f"      could not save S3 state: {exc}", file=sys.stderr)
         for service in reversed(services):
             service.stop()
 
@@ -295,6 +305,8 @@ def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+        # Keep anything changed through the UIs (e.g. artifacts) for the next night.
+        snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
     finally:
         if api is not None and api.poll() is None:
             os.killpg(api.pid, signal.SIGTERM)

@@ -41,7 +41,7 @@ class WeatherClassifier(PythonModel):
         self.classes: list[str] = list(config["classes"])
         self.image_size: int = int(config["image_size"])
         self.interpolation: str = str(config.get("interpolation", "bilinear"))
-        self.antialias: bool = bool(config.get("antialias", True))
+        self.antialias: bool = bool(config.get("antialias", False))
         self._keras = keras
         self._model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
 
@@ -99,8 +99,9 @@ class WeatherClassifier(PythonModel):
     def _preprocess(self, data: bytes) -> np.ndarray:
         """Decode by content, convert to RGB, resize and rescale to [0, 1], as training did.
 
-        Training (weather_tasks.data) resizes with bilinear + antialias, rounds to uint8 (its
-        cache) and divides by 255; doing exactly the same here avoids train/serve skew.
+        Training (weather_tasks.data) resizes with the method and antialias setting recorded
+        in the model config, rounds to uint8 (its cache) and divides by 255; doing exactly
+        the same here avoids train/serve skew (a test compares the two).
         """
         from PIL import Image
 

@@ -49,7 +49,8 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
     """The page app; ``settings`` fixed for tests, else read from the environment per request."""
     app = FastAPI(title="Weather model history", docs_url=None, redoc_url=None)
     # Artifacts of a run never change, so a downloaded PNG is served from disk afterwards.
-    cache_dir = Path(tempfile.mkdtemp(prefix="weather-ui-"))
+    # The cache directory is made on first use: every Airflow process loads the plugin.
+    cache: list[Path] = []
     downloaded: dict[tuple[str, str], str] = {}
     lock = threading.Lock()
 
@@ -76,7 +77,9 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
             if local is None:
                 try:
                     # A directory per download: two plots with one file name never collide.
-                    dst = cache_dir / str(len(downloaded))
+                    if not cache:
+                        cache.append(Path(tempfile.mkdtemp(prefix="weather-ui-")))
+                    dst = cache[0] / str(len(downloaded))
                     local = download_artifact(current().tracking_uri, run_id, path, str(dst))
                 except Exception as exc:  # noqa: BLE001 - report any MLflow failure as a 404
                     raise HTTPException(404, f"artifact not available: {exc}") from exc
@@ -185,11 +188,12 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2933;background:#ff
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin:.2rem 0 .6rem}
 .meta{color:#52606d}.error{color:#b42318;font-weight:600}
 .cards{display:flex;flex-wrap:wrap;gap:1rem}
-.card{border:1px solid #d9e2ec;border-radius:8px;padding:1rem;flex:1 1 28rem}
+.card{border:1px solid #d9e2ec;border-radius:8px;padding:1rem;flex:1 1 32rem;min-width:0}
 .card.champion{border-color:#2f855a;box-shadow:0 0 0 2px #c6f6d5}
 .facts th{text-align:left;padding-right:1rem;color:#52606d;font-weight:500}
-.plots{display:flex;gap:.5rem;flex-wrap:wrap}.plots figure{margin:.5rem 0}
-.plots img{max-width:22rem;border:1px solid #eee}
+.plots{display:flex;gap:.5rem;flex-wrap:wrap}.plots figure{margin:.5rem 0;max-width:100%}
+.plots img{max-width:100%;height:auto;border:1px solid #eee}
+.plots img.learning_curve{width:40rem}.plots img.confusion_matrix{width:24rem}
 .versions{border-collapse:collapse;margin-top:.5rem}
 .versions td,.versions th{border-bottom:1px solid #e4e7eb;padding:.3rem .8rem;text-align:left}
 .alias{background:#e6fffa;border-radius:4px;padding:0 .3rem;margin-right:.2rem}

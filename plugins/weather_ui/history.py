@@ -101,7 +101,7 @@ def read_history(tracking_uri: str, model_name: str, limit: int = 50) -> ModelHi
                 manifest_version=tags.get("manifest_version"),
                 airflow_run_id=tags.get("airflow_run_id"),
                 registered_at=_iso(mv.creation_timestamp),
-                promoted_at=tags.get("promoted_at"),
+                promoted_at=_iso_text(tags.get("promoted_at")),
                 plots=_find_plots(client, run_id) if wanted and run_id else {},
             )
         )
@@ -150,6 +150,19 @@ def _float(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _iso_text(value: str | None) -> str | None:
+    """An ISO timestamp tag in the page's format (left as is if it does not parse)."""
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _iso(millis: int | None) -> str:
