@@ -10,6 +10,9 @@ batch size (16), same optimizer:
   batched parallel augmentation, prefetch); float32.
 - ``ours-bf16``: the same pipeline under the ``mixed_bfloat16`` policy (output layer float32).
 
+First, per size, the two input pipelines alone (no model): the images/s of augmented
+training batches each can deliver, which is what a GPU would wait on.
+
 The machine is shared, so the variants run *interleaved*, one epoch each in turn, rotating
 the order every round: background load hits all of them alike. Throughput is images/s of
 the training part of an epoch (validation excluded), in wall seconds and in CPU seconds of
@@ -167,6 +170,32 @@ def build(policy: str, size: int) -> keras.Model:
     return model
 
 
+def pipeline_only(size: int, train_pairs: list, tmp: Path, rounds: int = 3) -> None:
+    """Training batches per second each input pipeline delivers with no model attached:
+    what a fast accelerator would wait on. Steady state (after one pass that fills our cache)."""
+    cfg = config.from_env(environ={}, image_size=size, batch_size=BATCH, seed=123)
+    train_dir = class_folders(train_pairs, tmp / f"p{size}" / "train")
+    seed_gen, _ = seed_generators(train_dir, train_dir, size)
+    ours = data.make_dataset(train_pairs, cfg, training=True)
+    for _ in ours:  # fill the decode cache, trace the map functions
+        pass
+    rates: dict[str, list[float]] = {"seed": [], "ours": []}
+    for _ in range(rounds):  # interleaved, like the training runs
+        t = time.perf_counter()
+        for i in range(len(seed_gen)):
+            seed_gen[i]
+        rates["seed"].append(len(train_pairs) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for _batch in ours:
+            pass
+        rates["ours"].append(len(train_pairs) / (time.perf_counter() - t))
+    seed_rate, ours_rate = (statistics.median(rates[k]) for k in ("seed", "ours"))
+    print(f"\n== input pipeline alone at {size}px (augmented training batches, no model) ==\n"
+          f"seed ImageDataGenerator {seed_rate:8.1f} img/s\n"
+          f"ours tf.data            {ours_rate:8.1f} img/s\n"
+          f"ratio ours / seed: {ours_rate / seed_rate:.1f}x", flush=True)
+
+
 def run_size(size: int, epochs: int, train_pairs: list, val_pairs: list, tmp: Path,
              variants_wanted: list[str]) -> list[Variant]:
     cfg = config.from_env(environ={}, image_size=size, batch_size=BATCH, seed=123)
@@ -260,10 +289,12 @@ def main() -> None:
         epochs = [int(e) for e in args.epochs.split(",")]
         epochs += [epochs[-1]] * (len(sizes) - len(epochs))
         for size, n_epochs in zip(sizes, epochs, strict=False):
-            last[size] = run_size(size, n_epochs, train_pairs, val_pairs, Path(tmp),
-                                  args.variants.split(","))
-            report(size, last[size])
-        if not args.no_latency:
+            pipeline_only(size, train_pairs, Path(tmp))
+            if n_epochs > 0:
+                last[size] = run_size(size, n_epochs, train_pairs, val_pairs, Path(tmp),
+                                      args.variants.split(","))
+                report(size, last[size])
+        if not args.no_latency and last:
             size = max(last)
             ours = next((v for v in last[size] if v.name == "ours"), last[size][-1])
             latency(ours.model, size, [p for p, _ in val_pairs], Path(tmp))

@@ -14,7 +14,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "weather-classifier")
+REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "").strip() or "weather-classifier"
 # Same name and URI as in weather_retrain.py (tests/dags checks they match).
 CHAMPION = Asset(name=f"{REGISTERED_MODEL}-champion", uri=f"mlflow://models/{REGISTERED_MODEL}")
 

@@ -9,10 +9,11 @@ Run one night locally (Airflow's ``dag.test()``, the real tasks in one process):
     python dags/weather_retrain.py '{"force_retrain": true, "epochs": 2}'
 
 Parse-time settings (environment only, no I/O): ``WEATHER_SCHEDULE`` (cron, default
-``0 2 * * *``; ``none`` for manual runs only) and ``WEATHER_REGISTERED_MODEL`` (names the
-champion Asset). Everything else comes from ``PipelineConfig`` (``WEATHER_*``) at run time,
-overridden per run by the params below; S3 credentials and endpoint from the Airflow
-connection ``weather_s3`` (type ``aws``, ``{"endpoint_url": ...}`` in its extra for MinIO).
+``0 2 * * *`` when unset or empty; ``none`` for manual runs only) and
+``WEATHER_REGISTERED_MODEL`` (names the champion Asset). Everything else comes from
+``PipelineConfig`` (``WEATHER_*``) at run time, overridden per run by the params below;
+S3 credentials and endpoint from the Airflow connection ``weather_s3`` (type ``aws``,
+``{"endpoint_url": ...}`` in its extra for MinIO).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 S3_CONN_ID = "weather_s3"
 DEFAULT_SCHEDULE = "0 2 * * *"
-REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "weather-classifier")
+# An empty variable means the default, as in PipelineConfig (compose passes "" for unset ones).
+REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "").strip() or "weather-classifier"
 
 # Downstream DAGs schedule on this Asset (see weather_champion_consumer.py). The promote task
 # emits it through an alias so that an event exists only when the champion actually changed:
@@ -56,8 +58,8 @@ IO_RETRIES: dict[str, Any] = {
 
 
 def _schedule() -> str | None:
-    raw = os.environ.get("WEATHER_SCHEDULE", DEFAULT_SCHEDULE).strip()
-    return None if raw.lower() in ("", "none", "manual") else raw
+    raw = os.environ.get("WEATHER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE
+    return None if raw.lower() in ("none", "manual") else raw
 
 
 def run_config(params: dict[str, Any] | None) -> PipelineConfig:

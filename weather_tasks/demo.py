@@ -69,6 +69,10 @@ class DemoSettings:
     batch_size: int = 8
     lr_patience: int = 10
     model: str = "model_3"
+    # Real folders are larger (the mwd set: ~600 training photos), so batches of 16 already
+    # give BatchNorm enough steps, and fewer epochs keep a night within the same budget.
+    real_epochs: int = 15
+    real_batch_size: int = 16
     bucket: str = "weather"
     mlflow_port: int = 5000
     airflow_port: int = 8080
@@ -119,6 +123,7 @@ class _State:
     nights: int = 0
     next_index: int = 1
     real_pending: list[str] = field(default_factory=list)
+    images_source: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -170,10 +175,20 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
     state_file = state_dir / "state.json"
     state = _State.load(state_file)
     night = state.nights + 1
+    if images and night == 1:
+        state.images_source = str(Path(images).resolve())
+    elif images and str(Path(images).resolve()) != state.images_source:
+        print(f"note: --images applies to the first night only; {state_dir} was started with "
+              f"{state.images_source or 'synthetic scenes'} (rm -rf it to start over)")
+    images = state.images_source if night == 1 else None
+    if state.images_source:
+        settings = dataclasses.replace(
+            settings, epochs=settings.real_epochs, batch_size=settings.real_batch_size
+        )
     logs = state_dir / "logs"
     env_settings = {**settings.pipeline_env(), **_weather_overrides()}
     cfg = config.from_env(environ=env_settings, work_dir=state_dir / "work")
-    _print_header(night, state_dir, cfg, settings, images)
+    _print_header(night, state_dir, cfg, settings, state.images_source)
 
     progress = _Progress(total=6)
     services: list[local_services.Service] = []
@@ -413,6 +428,9 @@ def _upload_night(
         for path in batch:
             (folder / Path(path).name).symlink_to(path)
         count, what = len(batch), "new real photos held back on night 1"
+    elif state.images_source:
+        # Every photo of the real folder is in: this night shows the short-circuit.
+        return 0, "the real folder has no photos left: a night with nothing new"
     else:
         per_class = settings.per_class if night == 1 else settings.new_per_class
         made = scenes.generate_scenes(
@@ -582,7 +600,9 @@ def _night_lines(
     out = ["", f"Night {night}: {result.get('state')} in {seconds:.0f}s "
                f"(DAG run {result.get('run_id')}, outcome: {report.get('outcome')})"]
     tasks = result.get("tasks") or {}
-    out.append("  tasks: " + ", ".join(f"{k}={v}" for k, v in tasks.items()))
+    order = ["ingest", "anything_new", "train", "evaluate", "promote", "report"]
+    ranked = sorted(tasks.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    out.append("  tasks: " + ", ".join(f"{k}={v}" for k, v in ranked))
     ing = report.get("ingest")
     if ing:
         q = ing.get("quarantined_total") or 0
@@ -631,8 +651,11 @@ def _night_lines(
         "Nights so far: " + "; ".join(
             f"#{h['night']} {h.get('outcome')} ({h.get('seconds')}s)" for h in state.history
         ),
-        "Next: run `.venv/bin/weather demo` again for an incremental night "
-        f"({s.new_per_class} new images per class).",
+        "Next: run `.venv/bin/weather demo` again: " + (
+            f"an incremental night ({s.new_per_class} new images per class)."
+            if not state.images_source or state.real_pending
+            else "the folder has nothing new left, so that night short-circuits."
+        ),
         "Look at what it made (MLflow UI, Airflow UI with the run and the model-history page):",
         f"  .venv/bin/weather demo --serve --state-dir {_rel(state_dir)}",
         f"  then open http://127.0.0.1:{s.airflow_port} (Airflow; Browse > Weather models) and "

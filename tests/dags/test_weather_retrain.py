@@ -92,7 +92,8 @@ def test_dag_settings(dag: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [("30 3 * * 1-5", "30 3 * * 1-5"), ("none", None), ("", None)]
+    ("raw", "expected"),
+    [("30 3 * * 1-5", "30 3 * * 1-5"), ("none", None), ("manual", None), ("", "0 2 * * *")],
 )
 def test_schedule_comes_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, expected: Any) -> None:
     module = _load(DAGS / "weather_retrain.py", monkeypatch, WEATHER_SCHEDULE=raw)
@@ -222,6 +223,13 @@ def test_promote_emits_the_champion_through_an_alias(dag: Any, dagbag: Any) -> N
     assert module.CHAMPION.name == "weather-classifier-champion"
     scheduled_on = consumer.timetable.asset_condition.objects
     assert [(a.name, a.uri) for a in scheduled_on] == [(module.CHAMPION.name, module.CHAMPION.uri)]
+
+
+def test_empty_registered_model_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose passes unset settings as "": the Asset name must not become "-champion"."""
+    for path in (DAGS / "weather_retrain.py", DAGS / "weather_champion_consumer.py"):
+        module = _load(path, monkeypatch, WEATHER_REGISTERED_MODEL="")
+        assert module.CHAMPION.name == "weather-classifier-champion"
 
 
 def test_champion_event_metadata() -> None:

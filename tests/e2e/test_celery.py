@@ -343,4 +343,5 @@ def test_celery_night_triggered_through_the_rest_api(celery_airflow: dict[str, A
         "sleep_past_token_expiry"
     ]
     assert probe_run["state"] == "success", probe_ti
-    assert probe_ti["duration"] >= SLEEP > 2 * JWT_EXPIRATION
+    # It outlived its first token (by 2.5 lifetimes with the defaults above).
+    assert probe_ti["duration"] >= SLEEP > JWT_EXPIRATION
