@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,13 +38,21 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
+        """SIGTERM to the whole process group (mlflow forks uvicorn workers), then SIGKILL."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait()
+        self._signal_group(signal.SIGKILL)  # any child left behind
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill(self) -> None:
         """Kill hard (SIGKILL), as a crashed server would die."""
@@ -136,7 +145,8 @@ def start_mlflow_server(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(LOCAL_S3_ENV)
+    # The job runner (five huey consumers, for GenAI scorers) costs CPU we do not have to spare.
+    env = {**LOCAL_S3_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     if s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
     cmd = [
