@@ -6,11 +6,12 @@ split becomes a ``tf.data`` pipeline that
 
 1. decodes and resizes every image **once** to ``cfg.image_size`` (the same setting builds
    the model; the seed resized to 256 and built the model for 250),
-2. caches the resized images in memory as uint8 (4x smaller than float32; rounding to
-   uint8 is what any JPEG decode gives anyway) and rescales them by 1/255 after the cache,
+2. caches the resized images in memory as uint8 (4x smaller than float32; the served
+   model rounds the same way),
 3. shuffles (train only, seeded) and batches by ``cfg.batch_size``,
 4. augments the training batches in parallel with the seed's ``ImageDataGenerator``
-   parameters (see :func:`augment_batch`); val and test are only decoded, resized, rescaled,
+   parameters (see :func:`augment_batch`), which also rescales by 1/255; val and test
+   batches are only rescaled,
 5. prefetches.
 
 Labels are one-hot in ``cfg.classes`` order (the model's output order).
