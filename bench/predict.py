@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,11 +98,14 @@ def _rest(uri: str, tracking: str, photos: list[Path], batch: int, repeats: int)
         return (f"REST /invocations: single image median {single:.1f} ms; batch of {batch}: "
                 f"median {many:.1f} ms ({batch / many * 1000:.1f} images/s)")
     finally:
-        proc.terminate()
+        # The server runs uvicorn in a child: end the whole process group we started.
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main() -> None:

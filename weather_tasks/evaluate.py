@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weather_tasks import manifest, serving
-from weather_tasks.config import PipelineConfig
+from weather_tasks.config import PipelineConfig, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class EvalReport:
         return "\n".join(lines)
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(PipelineError):
     """The challenger cannot be evaluated (no test images, no model, no manifest)."""
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from weather_tasks import serving
-from weather_tasks.config import PipelineConfig
+from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.evaluate import EvalReport, read_evaluation
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PREVIOUS = "previous"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PipelineError):
     """A registry operation cannot be done (nothing to roll back to, unknown version, ...)."""
 
 

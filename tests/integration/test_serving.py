@@ -7,8 +7,10 @@ outputs, per-image errors, preprocessing identical to training), not accuracy.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,11 +164,14 @@ def rest_server(
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        # The server runs uvicorn in a child: end the whole process group we started.
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
