@@ -28,7 +28,7 @@ from typing import Any
 import tensorflow as tf
 
 from weather_tasks import manifest as manifest_mod
-from weather_tasks.config import PipelineConfig
+from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.manifest import Manifest
 
 # The seed's ImageDataGenerator settings (train only). ImageDataGenerator takes shear in
@@ -49,7 +49,7 @@ RESIZE_METHOD = "bilinear"
 RESIZE_ANTIALIAS = True
 
 
-class DataError(ValueError):
+class DataError(PipelineError):
     """The manifest cannot feed a training (empty split, unknown label)."""
 
 

@@ -162,7 +162,8 @@ def test_training_refuses_a_manifest_without_validation_images(
     from weather_tasks.data import DataError
 
     rec = manifest.ImageRecord(
-        sha256="0" * 64, stored_sha256="0" * 64, label="shine", split="train", ext="jpg", format="JPEG",
+        sha256="0" * 64, stored_sha256="0" * 64, label="shine", split="train", ext="jpg",
+        format="JPEG",
         width=40, height=40, source_keys=("incoming/shine1.jpg",),
         first_seen="2026-01-01T00:00:00Z", first_version="v000001",
     )
