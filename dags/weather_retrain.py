@@ -93,14 +93,11 @@ def _fail_fast_on_permanent_errors() -> Iterator[None]:
     """Retrying a bad setting or a missing bucket only delays the message: fail at once."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from weather_tasks.config import ConfigError
-    from weather_tasks.evaluate import EvaluationError
-    from weather_tasks.ingest import IngestError
-    from weather_tasks.manifest import ManifestError
+    from weather_tasks.config import ConfigError, PipelineError
 
     try:
         yield
-    except (ConfigError, IngestError, ManifestError, EvaluationError) as exc:
+    except (ConfigError, PipelineError) as exc:  # every stage's expected, permanent failures
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
