@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,25 +56,12 @@ def _log(size: int, tmp: Path, example: Path) -> tuple[str, str]:
 
 
 def _rest(uri: str, tracking: str, photos: list[Path], batch: int, repeats: int) -> str:
-    port = local_services.free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    return "model server did not start"
-                time.sleep(0.5)
+        server = local_services.start_model_server(Path(tempfile.mkdtemp()), uri, tracking)
+    except RuntimeError as exc:
+        return f"model server did not start: {exc}"
+    url = server.url
+    try:
         b64 = [base64.b64encode(p.read_bytes()).decode() for p in photos]
 
         def post(rows: list[str]) -> float:
@@ -98,14 +82,7 @@ def _rest(uri: str, tracking: str, photos: list[Path], batch: int, repeats: int)
         return (f"REST /invocations: single image median {single:.1f} ms; batch of {batch}: "
                 f"median {many:.1f} ms ({batch / many * 1000:.1f} images/s)")
     finally:
-        # The server runs uvicorn in a child: end the whole process group we started.
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()
 
 
 def main() -> None:

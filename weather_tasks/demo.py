@@ -276,7 +276,6 @@ def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
     logs = state_dir / "logs"
     cfg = config.from_env(environ={**settings.pipeline_env(), **_weather_overrides()})
     services: list[local_services.Service] = []
-    api: subprocess.Popen[bytes] | None = None
     try:
         s3_server = local_services.start_s3_server(logs)
         services.append(s3_server)
@@ -298,14 +297,13 @@ def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
             **settings.pipeline_env(), **_weather_overrides(),
             "WEATHER_MLFLOW_UI_URL": mlflow_server.url,
         }
-        log = (logs / "airflow-api-server.log").open("ab")
-        api = subprocess.Popen(
-            [local_services._bin("airflow"), "api-server", "--port", str(airflow_port)],
-            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         airflow_url = f"http://127.0.0.1:{airflow_port}"
-        _wait_http(airflow_url + "/api/v2/monitor/health", api, timeout=300)
+        api = local_services.start_airflow(
+            "airflow-api-server", ["api-server", "--port", str(airflow_port)], env, logs,
+            url=airflow_url,
+        )
+        services.append(api)
+        local_services.wait_http(airflow_url + "/api/v2/monitor/health", [api], timeout=300)
         print(
             f"Serving the demo state in {state_dir} ({restored} S3 objects restored):\n"
             f"  Airflow UI:   {airflow_url}  (DAG {DAG_ID}: runs, task logs, 'MLflow run' links)\n"
@@ -316,19 +314,13 @@ def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
         )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            while api.poll() is None:
+            while api.process.poll() is None:
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
         # Keep anything changed through the UIs (e.g. artifacts) for the next night.
         snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
     finally:
-        if api is not None and api.poll() is None:
-            os.killpg(api.pid, signal.SIGTERM)
-            try:
-                api.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(api.pid, signal.SIGKILL)
         for service in reversed(services):
             service.stop()
     return {"served": str(state_dir)}
@@ -705,16 +697,3 @@ def _port_or_free(port: int) -> int:
             return local_services.free_port()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"{url} did not answer in {timeout}s")

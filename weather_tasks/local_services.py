@@ -79,6 +79,46 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
+def start_process(
+    name: str, cmd: list[str], log_dir: Path, env: dict[str, str], url: str = ""
+) -> Service:
+    """Start ``cmd`` in its own process group (``Service.stop`` ends it with its children)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    return Service(name=name, url=url, process=proc, log_path=log_path, env=env)
+
+
+def start_airflow(
+    name: str, args: list[str], env: dict[str, str], log_dir: Path, url: str = ""
+) -> Service:
+    """One Airflow component (``api-server``, ``scheduler``, ``celery worker`` ...)."""
+    return start_process(name, [_bin("airflow"), *args], log_dir, env, url)
+
+
+def wait_http(url: str, services: list[Service], timeout: float) -> None:
+    """Wait until ``url`` answers (any status below 500); fail early if a service dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in services:
+            if s.process.poll() is not None:
+                raise RuntimeError(f"{s.name} exited with {s.process.returncode}:\n{s.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"no answer from {url} in {timeout}s")
+
+
 def _start(
     name: str,
     cmd: list[str],
@@ -88,31 +128,13 @@ def _start(
     env: dict[str, str],
     timeout: float,
 ) -> Service:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        start_new_session=True,
-    )
-    service = Service(name=name, url=url, process=proc, log_path=log_path, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{service.log_tail()}")
-        try:
-            with urllib.request.urlopen(url + health, timeout=2) as resp:
-                if resp.status < 500:
-                    return service
-        except OSError:
-            time.sleep(0.2)
-    service.stop()
-    raise RuntimeError(
-        f"{name} did not answer at {url}{health} in {timeout}s:\n{service.log_tail()}"
-    )
+    service = start_process(name, cmd, log_dir, env, url)
+    try:
+        wait_http(url + health, [service], timeout)
+    except RuntimeError as exc:
+        service.stop()
+        raise RuntimeError(f"{name}: {exc}\n{service.log_tail()}") from exc
+    return service
 
 
 def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60) -> Service:
@@ -164,6 +186,36 @@ def start_mlflow_server(
         "1",
     ]
     return _start("mlflow", cmd, url, "/health", log_dir, env, timeout)
+
+
+def start_model_server(
+    log_dir: Path,
+    model_uri: str,
+    tracking_uri: str,
+    port: int | None = None,
+    timeout: float = 300,
+) -> Service:
+    """``mlflow models serve -m MODEL_URI --env-manager local``: the REST scoring server."""
+    port = port or free_port()
+    cmd = [
+        _bin("mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # mlflow execs ``uvicorn`` by name: this environment's bin/ must be on PATH.
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    return _start("model-server", cmd, f"http://127.0.0.1:{port}", "/ping", log_dir, env, timeout)
 
 
 def ensure_bucket(s3: object, bucket: str) -> None:
@@ -238,8 +290,12 @@ def run_airflow(
     """Run an ``airflow`` CLI command with ``env``; raise with its output if it fails."""
     log_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [_bin("airflow"), *args], env={**os.environ, **env}, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [_bin("airflow"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     (log_dir / f"airflow-{'-'.join(args[:2])}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -275,7 +331,11 @@ def run_dag_night(
     dag_file = dag_file or Path(__file__).resolve().parents[1] / "dags" / "weather_retrain.py"
     proc = subprocess.run(
         [sys.executable, str(dag_file), json.dumps(conf or {})],
-        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
     output = proc.stdout + proc.stderr

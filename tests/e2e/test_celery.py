@@ -20,16 +20,13 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import textwrap
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,51 +121,6 @@ class Api:
         return {ti["task_id"]: ti for ti in data["task_instances"]}
 
 
-def _start(name: str, args: list[str], env: dict[str, str], logs: Path) -> local_services.Service:
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
-    proc = subprocess.Popen(
-        [local_services._bin("airflow"), *args],
-        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **env},
-        start_new_session=True,  # its own process group: stopped with its children below
-    )
-    return local_services.Service(name=name, url="", process=proc, log_path=log_path, env=env)
-
-
-def _stop_group(service: local_services.Service) -> None:
-    """SIGTERM the process group this test started for ``service``, then SIGKILL stragglers."""
-    pgid = service.process.pid
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            service.process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; give its children a moment, then make sure
-            time.sleep(1)
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
-
-
-def _wait_http(url: str, services: list[local_services.Service], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for s in services:
-            if s.process.poll() is not None:
-                raise RuntimeError(f"{s.name} exited ({s.process.returncode}):\n{s.log_tail(60)}")
-        try:
-            with urllib.request.urlopen(url, timeout=3):
-                return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"no answer from {url} in {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
     """A fresh database for this run's Airflow metadata; dropped afterwards."""
@@ -250,19 +202,21 @@ def celery_airflow(
     )
     local_services.run_airflow(env, "db", "migrate", log_dir=logs, timeout=600)
     services = [
-        _start("api-server", ["api-server", "--port", str(port)], env, logs),
-        _start("scheduler", ["scheduler"], env, logs),
-        _start("dag-processor", ["dag-processor"], env, logs),
-        _start("worker", ["celery", "worker", "--queues", "default,gpu"], env, logs),
+        local_services.start_airflow("api-server", ["api-server", "--port", str(port)], env, logs),
+        local_services.start_airflow("scheduler", ["scheduler"], env, logs),
+        local_services.start_airflow("dag-processor", ["dag-processor"], env, logs),
+        local_services.start_airflow(
+            "worker", ["celery", "worker", "--queues", "default,gpu"], env, logs
+        ),
     ]
     try:
-        _wait_http(f"{api_url}/api/v2/monitor/health", services, timeout=300)
+        local_services.wait_http(f"{api_url}/api/v2/monitor/health", services, timeout=300)
         api = Api(api_url, "admin", password)
         yield {"api": api, "url": api_url, "env": env, "cfg": cfg, "s3": s3, "logs": logs,
                "services": services, "mlflow_url": mlflow_server.url}
     finally:
         for service in reversed(services):
-            _stop_group(service)
+            service.stop()
 
 
 def _wait_for_dags(api: Api, dag_ids: list[str], timeout: float = 300) -> None:

@@ -7,13 +7,10 @@ outputs, per-image errors, preprocessing identical to training), not accuracy.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -132,47 +129,13 @@ def rest_server(
     tmp_path_factory,
 ) -> Iterator[str]:
     """``mlflow models serve -m models:/<name>@champion --env-manager local`` as a process."""
-    port = local_services.free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [
-        str(Path(sys.executable).with_name("mlflow")), "models", "serve",
-        "-m", champion, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-        "--workers", "1",
-    ]
-    # mlflow execs ``uvicorn`` by name: the virtual environment's bin/ must be on PATH.
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url,
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = local_services.start_model_server(
+        tmp_path_factory.mktemp("serve"), champion, mlflow_server.url, timeout=180
+    )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"model server did not answer:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        yield server.url
     finally:
-        # The server runs uvicorn in a child: end the whole process group we started.
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 def _post(url: str, payload: dict) -> dict:
