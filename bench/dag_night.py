@@ -14,39 +14,18 @@ Run: .venv/bin/python bench/dag_night.py [SIZE ...]
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.corpus import fill_incoming  # noqa: E402
 from weather_tasks import config, ingest, local_services, storage  # noqa: E402
 
-CLASSES = ("shine", "sunrise", "cloudy", "rain")
 RUNS = 2
-
-
-def _jpeg(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
-
-
-def _fill(cfg: config.PipelineConfig, s3: object, count: int) -> None:
-    def put(i: int) -> None:
-        key = f"{cfg.incoming_prefix}{CLASSES[i % 4]}_{i:06d}.jpg"
-        s3.put_object(Bucket=cfg.bucket, Key=key, Body=_jpeg(i))  # type: ignore[attr-defined]
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(count)))
 
 
 def main(sizes: list[int]) -> None:
@@ -72,7 +51,7 @@ def main(sizes: list[int]) -> None:
             )
             s3 = storage.make_client(cfg)
             local_services.ensure_bucket(s3, cfg.bucket)
-            _fill(cfg, s3, size)
+            fill_incoming(cfg, s3, size, side=40)
             t0 = time.monotonic()
             first = ingest.ingest(cfg, s3)
             first_s = time.monotonic() - t0

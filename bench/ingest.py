@@ -13,40 +13,19 @@ Prints times and ratios; asserts nothing about time. Run: .venv/bin/python bench
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.corpus import fill_incoming  # noqa: E402
 from tests.netproxy import FlakyProxy  # noqa: E402
 from weather_tasks import config, ingest, local_services, storage  # noqa: E402
 
-CLASSES = ("shine", "sunrise", "cloudy", "rain")
 LATENCY_S = 0.020
-
-
-def _jpeg(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _fill(cfg, s3, count: int) -> None:
-    def put(i: int) -> None:
-        key = f"{cfg.incoming_prefix}{CLASSES[i % 4]}_{i:06d}.jpg"
-        s3.put_object(Bucket=cfg.bucket, Key=key, Body=_jpeg(i))
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(count)))
 
 
 def _sequential_loop(cfg, s3, out: Path) -> int:
@@ -79,7 +58,7 @@ def _first_ingest(base, tmp: Path, bucket: str, endpoint: str, label: str) -> No
     cfg = config.override(base, bucket=bucket, s3_endpoint_url=endpoint)
     s3 = storage.make_client(cfg)
     local_services.ensure_bucket(s3, bucket)
-    _fill(cfg, s3, 1_000)
+    fill_incoming(cfg, s3, 1_000, side=64)
     out = tmp / f"loop-{bucket}"
     out.mkdir()
     loop_s, count = _timed(_sequential_loop, cfg, s3, out)
@@ -109,7 +88,7 @@ def main() -> None:
                 cfg = config.override(base, bucket=bucket)
                 s3 = storage.make_client(cfg)
                 local_services.ensure_bucket(s3, bucket)
-                _fill(cfg, s3, n)
+                fill_incoming(cfg, s3, n, side=64)
                 ingest.ingest(cfg, s3)
                 idle_s, report = _timed(ingest.ingest, cfg, s3)
                 assert report.new == 0

@@ -23,6 +23,18 @@ def image_bytes(
     return buf.getvalue()
 
 
+def fill_incoming(cfg, s3, count: int, side: int = 64) -> None:
+    """Put ``count`` small distinct JPEGs, named by class in turn, under ``incoming/`` (benches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(i: int) -> None:
+        key = f"{cfg.incoming_prefix}{cfg.classes[i % len(cfg.classes)]}_{i:06d}.jpg"
+        s3.put_object(Bucket=cfg.bucket, Key=key, Body=image_bytes("JPEG", (side, side), seed=i))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+
+
 def animated_gif(seed: int = 0) -> bytes:
     frames = [Image.fromarray(np.full((40, 40, 3), v, np.uint8)) for v in (10, 200)]
     buf = io.BytesIO()
