@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.corpus import fill_incoming  # noqa: E402
-from weather_tasks import config, ingest, local_services, storage  # noqa: E402
+from devtools import local_services
+from devtools.corpus import fill_incoming
+from devtools.night import run_night
+from weather_tasks import config, ingest, storage
 
 RUNS = 2
 
@@ -56,10 +56,11 @@ def main(sizes: list[int]) -> None:
             first = ingest.ingest(cfg, s3)
             first_s = time.monotonic() - t0
             assert first.listed == size, first.as_dict()
-            for _ in range(RUNS):
+            for i in range(RUNS):
                 t0 = time.monotonic()
-                night = local_services.run_dag_night(
-                    {**env, "WEATHER_BUCKET": cfg.bucket}, {}, cwd=root, timeout=900
+                night = run_night(
+                    {**env, "WEATHER_BUCKET": cfg.bucket}, {}, cwd=root, timeout=900,
+                    log_path=root / "logs" / f"night-{size}-{i + 1}.log",
                 )
                 wall = time.monotonic() - t0
                 summary = night.summary

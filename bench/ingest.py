@@ -14,16 +14,14 @@ Prints times and ratios; asserts nothing about time. Run: .venv/bin/python bench
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.corpus import fill_incoming  # noqa: E402
-from tests.netproxy import FlakyProxy  # noqa: E402
-from weather_tasks import config, ingest, local_services, storage  # noqa: E402
+from devtools import local_services
+from devtools.corpus import fill_incoming
+from devtools.netproxy import FlakyProxy
+from weather_tasks import config, ingest, storage
 
 LATENCY_S = 0.020
 

@@ -1,7 +1,8 @@
 """Prediction latency of the served model (the pyfunc a downstream service loads). Not a test.
 
-For each image size: Model 3 is logged with ``weather_tasks.serving.log_model`` to a local
-SQLite MLflow store, loaded back with ``mlflow.pyfunc.load_model`` and timed end to end
+For each image size: Model 3 is logged with ``weather_tasks.model_package.log_model`` to a
+local SQLite MLflow store, loaded back as a downstream service does
+(``weather_tasks.serving.load_model``, via ``devtools.latency``) and timed end to end
 (decode + resize + rescale + model) on real photos sent as bytes: single image and batch.
 With ``--rest``, the same model behind ``mlflow models serve`` is timed over HTTP
 (base64 JSON to ``/invocations``), which is what a REST client sees. Weights are untrained:
@@ -26,7 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from weather_tasks import config, local_services, serving  # noqa: E402
+from devtools import latency, local_services  # noqa: E402
+from weather_tasks import config, model_package, tracking  # noqa: E402
+from weather_tasks.config import PipelineConfig  # noqa: E402
 
 MWD = REPO.parent / "shared" / "datasets" / "mwd" / "images"
 
@@ -37,27 +40,27 @@ def _photos(n: int) -> list[Path]:
     return sorted(MWD.glob("*.jpg"))[:: max(1, 868 // n)][:n]
 
 
-def _log(size: int, tmp: Path, example: Path) -> tuple[str, str]:
+def _log(size: int, tmp: Path, example: Path) -> tuple[str, PipelineConfig]:
     import keras
     import mlflow
 
     from weather_tasks import models
 
-    tracking = f"sqlite:///{tmp / 'mlflow.db'}"
-    cfg = config.from_env(environ={}, image_size=size, mlflow_tracking_uri=tracking)
-    serving.use_tracking(cfg)
+    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = config.from_env(environ={}, image_size=size, mlflow_tracking_uri=tracking_uri)
+    tracking.configure_process(cfg)  # this script is an entry point
     if mlflow.get_experiment_by_name("bench-predict") is None:
         mlflow.create_experiment("bench-predict", artifact_location=(tmp / "artifacts").as_uri())
     mlflow.set_experiment("bench-predict")
     keras.utils.set_random_seed(1)
     with mlflow.start_run():
-        uri = serving.log_model(models.build_model_3(size), cfg, str(example))
-    return uri, tracking
+        uri = model_package.log_model(models.build_model_3(size), cfg, str(example))
+    return uri, cfg
 
 
-def _rest(uri: str, tracking: str, photos: list[Path], batch: int, repeats: int) -> str:
+def _rest(uri: str, tracking_uri: str, photos: list[Path], batch: int, repeats: int) -> str:
     try:
-        server = local_services.start_model_server(Path(tempfile.mkdtemp()), uri, tracking)
+        server = local_services.start_model_server(Path(tempfile.mkdtemp()), uri, tracking_uri)
     except RuntimeError as exc:
         return f"model server did not start: {exc}"
     url = server.url
@@ -97,12 +100,12 @@ def main() -> None:
           f"load average: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            uri, tracking = _log(size, Path(tmp), photos[0])
-            report = serving.measure_latency(uri, photos, batch_size=args.batch,
+            uri, cfg = _log(size, Path(tmp), photos[0])
+            report = latency.measure_latency(uri, photos, cfg, batch_size=args.batch,
                                              repeats=args.repeats)
             print(f"\n== Model 3 at {size}px, CPU ==\npyfunc in process: {report.summary()}")
             if args.rest:
-                print(_rest(uri, tracking, photos, args.batch, args.repeats))
+                print(_rest(uri, cfg.mlflow_tracking_uri, photos, args.batch, args.repeats))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from weather_tasks import config, data, models  # noqa: E402
+from weather_tasks import config, data, recipe  # noqa: E402
 
 MWD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mwd"
 CLASSES = config.DEFAULT_CLASSES
@@ -57,49 +57,29 @@ BATCH = 16
 
 @dataclass
 class Variant:
+    """One model and its input pipeline; the recipe's epoch timer follows all its fits.
+
+    The timer's CPU seconds (all threads of this process, data loading included) are the
+    fairer measure on a shared machine: they count the work done, not the time spent waiting
+    for a core.
+    """
+
     name: str
     model: keras.Model
     train: Any
     val: Any
     n_train: int
-    epoch_seconds: list[float] = field(default_factory=list)
-    epoch_cpu_seconds: list[float] = field(default_factory=list)
+    timer: recipe.EpochTimer = field(default_factory=recipe.EpochTimer)
     val_accuracy: list[float] = field(default_factory=list)
 
     def steady_images_per_second(self) -> float:
-        times = self.epoch_seconds[1:] or self.epoch_seconds
-        return self.n_train * len(times) / sum(times)
+        return self.timer.images_per_second(self.n_train)
 
     def steady_images_per_cpu_second(self) -> float:
-        times = self.epoch_cpu_seconds[1:] or self.epoch_cpu_seconds
-        return self.n_train * len(times) / sum(times)
+        return self.timer.images_per_cpu_second(self.n_train)
 
     def first_epoch_images_per_second(self) -> float:
-        return self.n_train / self.epoch_seconds[0]
-
-
-class _TrainTimer(keras.callbacks.Callback):
-    """Wall and CPU seconds of the training part of each epoch (up to validation).
-
-    CPU seconds (all threads of this process, data loading included) are the fairer measure
-    on a shared machine: they count the work done, not the time spent waiting for a core.
-    """
-
-    def __init__(self, variant: Variant) -> None:
-        super().__init__()
-        self.variant = variant
-        self._start = self._cpu_start = 0.0
-        self._done = False
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._start, self._cpu_start = time.perf_counter(), time.process_time()
-        self._done = False
-
-    def on_test_begin(self, logs: Any = None) -> None:
-        if not self._done:
-            self.variant.epoch_seconds.append(time.perf_counter() - self._start)
-            self.variant.epoch_cpu_seconds.append(time.process_time() - self._cpu_start)
-            self._done = True
+        return self.n_train / self.timer.train_seconds[0]
 
 
 def select_images(n: int, seed: int = 123) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
@@ -155,19 +135,11 @@ def seed_generators(train_dir: Path, val_dir: Path, size: int) -> tuple[Any, Any
 
 
 def build(policy: str, size: int) -> keras.Model:
-    previous = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy(policy)
-        keras.utils.set_random_seed(123)  # same initial weights for every variant
-        model = models.build_model("model_3", size, len(CLASSES))
-    finally:
-        keras.config.set_dtype_policy(previous)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    """The project's recipe: Model 3, seeded (same initial weights for every variant), Adam."""
+    cfg = config.from_env(environ={}, model="model_3", image_size=size, seed=123,
+                          learning_rate=1e-3)
+    with recipe.precision_policy(policy):
+        return recipe.build_and_compile(cfg)
 
 
 def pipeline_only(size: int, train_pairs: list, tmp: Path, rounds: int = 3) -> None:
@@ -217,10 +189,9 @@ def run_size(size: int, epochs: int, train_pairs: list, val_pairs: list, tmp: Pa
         for v in order:
             t0 = time.perf_counter()
             hist = v.model.fit(v.train, validation_data=v.val, epochs=epoch + 1,
-                               initial_epoch=epoch, verbose=0,
-                               callbacks=[_TrainTimer(v)])
+                               initial_epoch=epoch, verbose=0, callbacks=[v.timer])
             v.val_accuracy.append(float(hist.history["val_accuracy"][-1]))
-            seconds, cpu = v.epoch_seconds[-1], v.epoch_cpu_seconds[-1]
+            seconds, cpu = v.timer.train_seconds[-1], v.timer.train_cpu_seconds[-1]
             print(f"  {size}px epoch {epoch + 1}/{epochs} {v.name:<9} "
                   f"train {seconds:6.1f}s ({v.n_train / seconds:5.1f} img/s; "
                   f"{v.n_train / cpu:5.2f} img/CPU-s)"
@@ -256,14 +227,16 @@ def latency(model: keras.Model, size: int, paths: list[Path], tmp: Path) -> None
     """Log the model as the project's pyfunc to a local SQLite store and time predictions."""
     import mlflow
 
-    from weather_tasks import serving
+    from devtools.latency import measure_latency
+    from weather_tasks import model_package, tracking
 
-    cfg = config.from_env(environ={}, image_size=size)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    cfg = config.from_env(environ={}, image_size=size,
+                          mlflow_tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    tracking.configure_process(cfg)  # this script is an entry point
     mlflow.set_experiment("bench-train")
     with mlflow.start_run():
-        uri = serving.log_model(model, cfg, str(paths[0]))
-    result = serving.measure_latency(uri, paths, batch_size=32, repeats=20)
+        uri = model_package.log_model(model, cfg, str(paths[0]))
+    result = measure_latency(uri, paths, cfg, batch_size=32, repeats=20)
     print(f"\n== pyfunc prediction latency ({size}px model, CPU) ==\n{result.summary()}")
 
 

@@ -8,15 +8,11 @@ moving ``@champion`` alias, so a later promotion cannot change what this run dep
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, dag, task
-
-REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "").strip() or "weather-classifier"
-# Same name and URI as in weather_retrain.py (tests/dags checks they match).
-CHAMPION = Asset(name=f"{REGISTERED_MODEL}-champion", uri=f"mlflow://models/{REGISTERED_MODEL}")
+from airflow.sdk import dag, task
+from weather_settings import CHAMPION, REGISTERED_MODEL
 
 
 @dag(
@@ -32,11 +28,14 @@ def weather_champion_consumer() -> None:
     @task
     def new_champion(triggering_asset_events: Any = None) -> dict[str, Any]:
         """The newest champion announced by the events that triggered this run."""
+        from weather_tasks import tracking
+
         events = [e for evs in (triggering_asset_events or {}).values() for e in evs]
         if not events:
             raise ValueError("triggered without a champion event (run it from an Asset event)")
         extra = dict(max(events, key=lambda e: e.timestamp).extra or {})
-        pinned = f"models:/{extra.get('registered_model', REGISTERED_MODEL)}/{extra['version']}"
+        pinned = tracking.version_uri(extra.get("registered_model", REGISTERED_MODEL),
+                                      extra["version"])
         print(
             f"new champion {pinned}: accuracy {extra.get('accuracy')}, "
             f"manifest {extra.get('manifest_version')}"

@@ -4,48 +4,33 @@ Thin by design: each task body is one call into ``weather_tasks`` (imported insi
 so parsing this file never imports TensorFlow or MLflow), XCom carries only manifest versions,
 run ids and small report dicts. What a night did is in the ``report`` task's return value.
 
-Run one night locally (Airflow's ``dag.test()``, the real tasks in one process)::
-
-    python dags/weather_retrain.py '{"force_retrain": true, "epochs": 2}'
-
-Parse-time settings (environment only, no I/O): ``WEATHER_SCHEDULE`` (cron, default
-``0 2 * * *`` when unset or empty; ``none`` for manual runs only) and
-``WEATHER_REGISTERED_MODEL`` (names the champion Asset). Everything else comes from
-``PipelineConfig`` (``WEATHER_*``) at run time, overridden per run by the params below;
-S3 credentials and endpoint from the Airflow connection ``weather_s3`` (type ``aws``,
-``{"endpoint_url": ...}`` in its extra for MinIO).
+Parse-time settings (schedule, registered model, the champion Asset) come from
+``weather_settings.py``. Everything else comes from ``PipelineConfig`` (``WEATHER_*``) at run
+time, overridden per run by the trigger-form params, which are generated from the per-run
+settings declared in ``weather_tasks.config`` (the form never offers storage or tracking
+settings). S3 credentials and endpoint come from the Airflow connection ``weather_s3`` (type
+``aws``, ``{"endpoint_url": ...}`` in its extra for MinIO). To run one night of
+``dags/weather_retrain.py`` locally through ``dag.test()``, the development package has a
+runner: ``python -m devtools.night '{"force_retrain": true, "epochs": 2}'``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import Asset, AssetAlias, Param, dag, task
+from airflow.sdk import Param, dag, task
+from weather_settings import CHAMPION, CHAMPION_UPDATES, SCHEDULE
 
-from weather_tasks.config import MODELS  # stdlib-only module: cheap at parse time
+from weather_tasks import config  # stdlib-only module: cheap at parse time
 
 if TYPE_CHECKING:
     from weather_tasks.config import PipelineConfig
 
 S3_CONN_ID = "weather_s3"
-DEFAULT_SCHEDULE = "0 2 * * *"
-# An empty variable means the default, as in PipelineConfig (compose passes "" for unset ones).
-REGISTERED_MODEL = os.environ.get("WEATHER_REGISTERED_MODEL", "").strip() or "weather-classifier"
-
-# Downstream DAGs schedule on this Asset (see weather_champion_consumer.py). The promote task
-# emits it through an alias so that an event exists only when the champion actually changed:
-# an Asset listed directly in ``outlets`` gets an event on every successful run.
-CHAMPION = Asset(name=f"{REGISTERED_MODEL}-champion", uri=f"mlflow://models/{REGISTERED_MODEL}")
-CHAMPION_UPDATES = AssetAlias(name=f"{REGISTERED_MODEL}-champion-updates")
-
-# Params that override PipelineConfig fields for one run; None means "the deployment's value".
-# Bounds mirror PipelineConfig's validation (tests/dags checks they agree).
-TRAINING_PARAMS = ("epochs", "batch_size", "image_size", "model", "min_delta")
 
 # I/O tasks retry transient S3/MLflow failures with exponential backoff; permanent ones
 # (bad config, missing bucket) raise AirflowFailException and do not retry.
@@ -57,17 +42,21 @@ IO_RETRIES: dict[str, Any] = {
 }
 
 
-def _schedule() -> str | None:
-    raw = os.environ.get("WEATHER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE
-    return None if raw.lower() in ("none", "manual") else raw
-
-
 def run_config(params: dict[str, Any] | None) -> PipelineConfig:
-    """This run's ``PipelineConfig``: ``from_env()`` plus the params, validated (the one place)."""
-    from weather_tasks import config
+    """This run's ``PipelineConfig``: ``from_env()`` plus the params, validated (the one place).
+
+    Called first by every task, so it also points this task's process at the MLflow server.
+    An empty param keeps the deployment's value; so does a switch left off.
+    """
+    from weather_tasks import tracking
 
     params = params or {}
-    return config.override(config.from_env(), **{k: params.get(k) for k in TRAINING_PARAMS})
+    changes = {k: params.get(k) for k in config.per_run_settings()}
+    cfg = config.override(
+        config.from_env(), **{k: v for k, v in changes.items() if v is not False}
+    )
+    tracking.configure_process(cfg)
+    return cfg
 
 
 def _night(params: dict[str, Any] | None) -> tuple[PipelineConfig, Any]:
@@ -78,7 +67,7 @@ def _night(params: dict[str, Any] | None) -> tuple[PipelineConfig, Any]:
     """
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-    from weather_tasks import config, storage
+    from weather_tasks import storage
 
     cfg = run_config(params)
     hook = AwsBaseHook(aws_conn_id=S3_CONN_ID, client_type="s3")
@@ -103,56 +92,14 @@ def _fail_fast_on_permanent_errors() -> Iterator[None]:
 
 @dag(
     dag_id="weather_retrain",
-    schedule=_schedule(),
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["weather", "ml", "retraining"],
     default_args={"owner": "ml-platform"},
     doc_md=__doc__,
-    params={
-        "force_retrain": Param(
-            False,
-            type="boolean",
-            title="Force retraining",
-            description="Train even when ingest found no new images (on the latest manifest).",
-        ),
-        "epochs": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=10_000,
-            description="Training epochs (empty: WEATHER_EPOCHS, default 100).",
-        ),
-        "batch_size": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=4096,
-            description="Batch size (empty: WEATHER_BATCH_SIZE, default 16).",
-        ),
-        "image_size": Param(
-            None,
-            type=["null", "integer"],
-            minimum=16,
-            maximum=1024,
-            description="Square input side in pixels (empty: WEATHER_IMAGE_SIZE, default 250).",
-        ),
-        "model": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, *MODELS],
-            description="Architecture from the seed (empty: WEATHER_MODEL, default model_3).",
-        ),
-        "min_delta": Param(
-            None,
-            type=["null", "number"],
-            minimum=-1,
-            maximum=1,
-            description="Accuracy gain over the champion needed to promote "
-            "(empty: WEATHER_MIN_DELTA, default 0.0).",
-        ),
-    },
+    params={name: Param(**spec) for name, spec in config.dag_params().items()},
 )
 def weather_retrain() -> None:
     @task(**IO_RETRIES)
@@ -167,7 +114,7 @@ def weather_retrain() -> None:
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def anything_new(ingested: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
         """Skip training when no new image was accepted, unless ``force_retrain``."""
-        return ingested["accepted"] > 0 or bool((params or {}).get("force_retrain"))
+        return ingested["accepted"] > 0 or run_config(params).force_retrain
 
     @task(queue="gpu", retries=1, retry_delay=timedelta(minutes=5),
           execution_timeout=timedelta(hours=8))
@@ -230,7 +177,7 @@ def weather_retrain() -> None:
             trained=pulled("train"),
             evaluation=pulled("evaluate"),
             promoted=pulled("promote"),
-            forced=bool((params or {}).get("force_retrain")),
+            forced=run_config(params).force_retrain,
         )
 
     ingested = ingest()
@@ -243,12 +190,14 @@ def weather_retrain() -> None:
 
 def _champion_event(promoted: dict[str, Any]) -> dict[str, Any]:
     """The Asset event's metadata: what a downstream service needs to pin the new champion."""
+    from weather_tasks import tracking
+
     name, version = promoted["registered_model"], str(promoted["version"])
     return {
         "registered_model": name,
         "version": version,
-        "alias": "champion",
-        "model_uri": f"models:/{name}/{version}",
+        "alias": tracking.CHAMPION,
+        "model_uri": tracking.version_uri(name, version),
         "accuracy": promoted["accuracy"],
         "manifest_version": promoted["manifest_version"],
         "mlflow_run_id": promoted["run_id"],
@@ -284,56 +233,3 @@ def _night_summary(
 
 weather_retrain_dag = weather_retrain()
 
-
-def _describe_run(dag_run: Any, seconds: float) -> dict[str, Any]:
-    """Final state, task states, the report and the champion Asset events of one run."""
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        states = {
-            ti.task_id: str(ti.state) if ti.state else None
-            for ti in dag_run.get_task_instances(session=session)
-        }
-        row = session.scalars(
-            XComModel.get_many(
-                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="report",
-                key="return_value",
-            )
-        ).first()
-        events = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.name == CHAMPION.name, AssetEvent.source_run_id == dag_run.run_id)
-        ).all()
-        return {
-            "run_id": dag_run.run_id,
-            "state": str(dag_run.state),
-            "seconds": round(seconds, 3),
-            "tasks": states,
-            "report": XComModel.deserialize_value(row) if row is not None else None,
-            "champion_events": [dict(e.extra or {}) for e in events],
-        }
-
-
-if __name__ == "__main__":
-    # One night through dag.test(): prints one "WEATHER_NIGHT {json}" line that the tests,
-    # the benchmark and the demo read. Exit 0 on success, 1 on a failed run, 2 on bad params.
-    import json
-    import sys
-    import time
-
-    from airflow.sdk.exceptions import ParamValidationError
-
-    run_conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    started = time.monotonic()
-    try:
-        run = weather_retrain_dag.test(run_conf=run_conf)
-    except ParamValidationError as exc:
-        print("WEATHER_NIGHT " + json.dumps({"state": "rejected", "error": str(exc)}), flush=True)
-        sys.exit(2)
-    summary = _describe_run(run, time.monotonic() - started)
-    print("WEATHER_NIGHT " + json.dumps(summary, default=str), flush=True)
-    sys.exit(0 if summary["state"] == "success" else 1)

@@ -1,4 +1,13 @@
-"""Shared fixtures: real service processes on 127.0.0.1 (S3 server, MLflow server)."""
+"""Shared fixtures (real service processes on 127.0.0.1: S3 server, MLflow server) and the
+tiers by cost.
+
+Tiers, one per folder, applied as markers at collection: ``unit`` (no services), ``dags``
+(Airflow parsing, no services), ``integration`` (real S3/MLflow server processes, PostgreSQL),
+``e2e`` (whole DAG runs, Celery, Chromium); ``slow`` is for a test that is slow whatever its
+folder. A plain ``pytest`` runs the tiers that need no services (unit, dags) and reports the
+rest as deselected; ``--all-tiers`` runs everything (CI); ``-m EXPR`` chooses as usual.
+Helpers that test modules import live in ``tests/support``, never here.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +18,65 @@ from pathlib import Path
 
 import pytest
 
-from weather_tasks import config, local_services, storage
+from devtools import local_services
+from weather_tasks import config, storage
 from weather_tasks.config import PipelineConfig
 
-REPO = Path(__file__).resolve().parents[1]
-MWD = REPO.parent / "shared" / "datasets" / "mwd"
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "dags", "integration", "e2e")
+COSTLY = ("integration", "e2e", "slow")  # deselected by a plain ``pytest``: unit and dags run
+E2E_TIMEOUT_S = 1800  # a whole DAG run (or a Celery stack) on 2 CPU cores; others: pyproject
+_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-tiers",
+        action="store_true",
+        default=False,
+        help="run every tier, including integration, e2e and slow (what CI runs); "
+        "default without -m: unit and dags only",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so that it sees the tier markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier; without -m or --all-tiers keep the cheap tiers."""
+    for item in items:
+        tier = _tier(item)
+        if tier is None:
+            continue
+        item.add_marker(tier)
+        if tier == "e2e" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
+    if config.getoption("--all-tiers") or config.getoption("markexpr"):
+        return
+    keep, drop = [], []
+    for item in items:
+        costly = any(item.get_closest_marker(name) for name in COSTLY)
+        (drop if costly else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        config.stash[_DESELECTED] = len(drop)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    dropped = terminalreporter.config.stash.get(_DESELECTED, 0)
+    if dropped:
+        terminalreporter.write_line(
+            f"{dropped} tests of the integration, e2e and slow tiers deselected: "
+            "run them with --all-tiers (CI) or -m, e.g. -m integration"
+        )
+
+
+def _tier(item: pytest.Item) -> str | None:
+    """The tier folder a test lives in (``tests/<tier>/...``), or None outside them."""
+    try:
+        parts = item.path.resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,11 +140,3 @@ def mlflow_server(
     )
     yield server
     server.stop()
-
-
-def mwd_images() -> Path:
-    """The real photos, or a skip that says why they are missing."""
-    images = MWD / "images"
-    if not images.is_dir():
-        pytest.skip(f"real photos not found at {images} (../shared is absent)")
-    return images

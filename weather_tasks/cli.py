@@ -1,7 +1,11 @@
-"""The ``weather`` command: one subcommand per pipeline stage, plus the demo.
+"""The ``weather`` command: one subcommand per pipeline stage.
 
 Every subcommand builds the config from ``WEATHER_*`` variables, applies its flags as
-overrides, calls one library function and prints its report (JSON with ``--json``).
+overrides (the flags are generated from the per-run settings of :mod:`weather_tasks.config`),
+calls one library function and prints its report (JSON with ``--json``).
+
+Other packages add subcommands through the entry-point group ``weather.commands``: each entry
+is a ``register(subparsers)`` callable (the development package adds ``weather demo`` so).
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
-from weather_tasks import config
+from weather_tasks import config, tracking
 from weather_tasks.config import ConfigError, PipelineConfig, PipelineError
+
+COMMAND_GROUP = "weather.commands"
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -66,13 +73,8 @@ def cmd_rollback(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
 def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     from weather_tasks import serving
 
-    return serving.predict_files(args.model_uri or serving.champion_uri(cfg), args.images, cfg)
-
-
-def cmd_demo(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
-    from weather_tasks import demo
-
-    return demo.run_demo(args)
+    model_uri = args.model_uri or tracking.champion_uri(cfg.registered_model)
+    return serving.predict_files(model_uri, args.images, cfg)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, func: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--json", action="store_true", help="print the report as JSON")
+        for flag, kwargs in config.cli_flags(name):
+            sp.add_argument(flag, **kwargs)
         sp.set_defaults(func=func)
         return sp
 
@@ -91,7 +95,6 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("folder")
     sp = add("train", cmd_train, "train a model on a manifest version, tracked in MLflow")
     sp.add_argument("--manifest-version", default=None, help="default: the latest")
-    _training_flags(sp)
     sp = add("evaluate", cmd_evaluate, "evaluate a run's model against the champion")
     sp.add_argument("run_id")
     sp.add_argument("--manifest-version", default=None, help="default: the run's manifest")
@@ -102,25 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "classify images with the champion (or --model-uri)")
     sp.add_argument("images", nargs="+")
     sp.add_argument("--model-uri", default=None)
-    sp = add("demo", cmd_demo, "run the whole DAG end to end on local services")
-    sp.add_argument("--images", default=None, help="upload this folder instead of synthetic scenes")
-    sp.add_argument("--state-dir", default=".demo", help="where the demo keeps its state")
-    sp.add_argument(
-        "--serve", action="store_true",
-        help="start the MLflow and Airflow UIs on the demo's state (Ctrl-C stops them)",
-    )
+    for entry in entry_points(group=COMMAND_GROUP):
+        entry.load()(sub)
     return p
-
-
-def _training_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--model", choices=config.MODELS, default=None)
-    sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--batch-size", type=int, default=None)
-    sp.add_argument("--image-size", type=int, default=None)
-    sp.add_argument("--precision", choices=config.PRECISIONS, default=None)
-
-
-_OVERRIDES = ("model", "epochs", "batch_size", "image_size", "precision")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        flags = {k: getattr(args, k, None) for k in _OVERRIDES}
+        flags = {name: getattr(args, name, None) for name in config.per_run_settings()}
         cfg = config.from_env(**{k: v for k, v in flags.items() if v is not None})
+        tracking.configure_process(cfg)  # this process's MLflow tracking server, set once
         result = args.func(cfg, args)
     except ConfigError as exc:
         print(f"weather: configuration error: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@ content-addressed cache once (:func:`weather_tasks.manifest.fetch_images`); then
 split becomes a ``tf.data`` pipeline that
 
 1. decodes and resizes every image **once** to ``cfg.image_size`` (the same setting builds
-   the model; the seed resized to 256 and built the model for 250),
+   the model; the seed resized to 256 and built the model for 250) with the resize of
+   :mod:`weather_tasks.image_spec`, which the served model applies too,
 2. caches the resized images in memory as uint8 (4x smaller than float32; the served
    model rounds the same way),
 3. shuffles (train only, seeded) and batches by ``cfg.batch_size``,
@@ -23,13 +24,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from weather_tasks import manifest as manifest_mod
 from weather_tasks.config import PipelineConfig, PipelineError
+from weather_tasks.image_spec import RESIZE_ANTIALIAS, RESIZE_METHOD
 from weather_tasks.manifest import Manifest
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 # The seed's ImageDataGenerator settings (train only). ImageDataGenerator takes shear in
 # *degrees* (shear_range=0.2 means up to 0.2 degrees), rotation in degrees, shifts and zoom
@@ -40,13 +45,6 @@ SHEAR_DEGREES = 0.2
 ZOOM_RANGE = 0.2  # zoom factors in [0.8, 1.2], drawn independently per axis
 BRIGHTNESS_RANGE = (0.5, 1.5)
 HORIZONTAL_FLIP = True
-
-# One resize for training and serving: weather_tasks.serving logs these two settings with
-# the model, and serving_model.py resizes with them (then rounds to uint8 like our cache),
-# so production pixels are training pixels; tests/unit/test_data.py checks it. Antialiasing,
-# because most photos are downscaled several times and plain bilinear would alias.
-RESIZE_METHOD = "bilinear"
-RESIZE_ANTIALIAS = True
 
 
 class DataError(PipelineError):
@@ -229,7 +227,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def load_training_data(
-    cfg: PipelineConfig, s3: Any, version: str | None = None
+    cfg: PipelineConfig, s3: S3Client, version: str | None = None
 ) -> TrainingData:
     """Read a manifest version (default: the latest), fetch its images, build the three splits.
 

@@ -1,17 +1,12 @@
-"""Challenger vs champion on the same test images, and the promotion decision.
+"""Challenger vs champion on the same test images: the evaluation stage's I/O.
 
 Both models are the logged pyfunc models (the champion pinned by version number, so the
 comparison says exactly which version it beat), and both predict the test split of the same
 manifest version, so their accuracies are comparable and their predictions can be paired
-(McNemar's exact test, reported for information). The decision rule is the pure function
-:func:`decide`:
-
-- no champion: promote when accuracy >= ``accuracy_floor`` (default 0.70);
-- otherwise: promote when accuracy >= champion accuracy + ``min_delta`` (default 0.0, so a
-  tie promotes the newer model, trained on more data) and no class's recall drops by more
-  than ``max_class_recall_drop`` (default 0.05);
-- a champion that cannot be loaded is reported loudly and treated as absent (the floor still
-  applies), so a broken registry entry cannot block a valid challenger forever.
+(McNemar's exact test, reported for information). The metrics are
+:func:`weather_tasks.metrics.compute_metrics`; the decision is the pure rule
+:func:`weather_tasks.policy.decide`. A champion that cannot be loaded is reported loudly and
+treated as absent (the rule says what that means).
 
 The decision, both models' metrics and the reasons go to the challenger's run (tags, metrics
 and ``evaluation/evaluation.json``), where ``registry.promote_if_better`` reads them back.
@@ -22,167 +17,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from weather_tasks import manifest, serving
+from weather_tasks import manifest, serving, tracking
 from weather_tasks.config import PipelineConfig, PipelineError
+from weather_tasks.metrics import Metrics, compute_metrics
+from weather_tasks.policy import Decision, decide, mcnemar_exact_p
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
-
-EVALUATION_ARTIFACT = "evaluation/evaluation.json"
-_EPS = 1e-9  # float slack in comparisons: a tie must count as a tie
-_LOG_LOSS_CLIP = 1e-15
-
-
-@dataclass(frozen=True)
-class ClassMetrics:
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "support": self.support}
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """One model's metrics on one test set."""
-
-    accuracy: float
-    per_class: dict[str, ClassMetrics]
-    log_loss: float = float("nan")
-    confusion_matrix: tuple[tuple[int, ...], ...] = ()
-    n: int = 0
-    n_errors: int = 0  # images the model could not classify (counted as wrong)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy": self.accuracy,
-            "per_class": {c: m.as_dict() for c, m in self.per_class.items()},
-            "log_loss": None if math.isnan(self.log_loss) else self.log_loss,
-            "confusion_matrix": [list(r) for r in self.confusion_matrix],
-            "n": self.n,
-            "n_errors": self.n_errors,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
-        return cls(
-            accuracy=float(d["accuracy"]),
-            per_class={c: ClassMetrics(**m) for c, m in d["per_class"].items()},
-            log_loss=float("nan") if d.get("log_loss") is None else float(d["log_loss"]),
-            confusion_matrix=tuple(tuple(r) for r in d.get("confusion_matrix", ())),
-            n=int(d.get("n", 0)),
-            n_errors=int(d.get("n_errors", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"promote": self.promote, "reasons": list(self.reasons)}
-
-
-def decide(
-    challenger: Metrics,
-    champion: Metrics | None,
-    cfg: PipelineConfig,
-    *,
-    champion_error: str | None = None,
-) -> Decision:
-    """The promotion rule (pure). ``champion_error``: why the champion could not be evaluated."""
-    reasons: list[str] = []
-    if champion_error:
-        reasons.append(f"champion could not be evaluated ({champion_error}); treated as absent")
-        champion = None
-    if champion is None:
-        ok = challenger.accuracy >= cfg.accuracy_floor - _EPS
-        if not champion_error:
-            reasons.append("no champion yet")
-        reasons.append(
-            f"accuracy {challenger.accuracy:.4f} {'>=' if ok else '<'} "
-            f"floor {cfg.accuracy_floor:.4f}"
-        )
-        return Decision(promote=ok, reasons=reasons)
-
-    needed = champion.accuracy + cfg.min_delta
-    acc_ok = challenger.accuracy >= needed - _EPS
-    reasons.append(
-        f"accuracy {challenger.accuracy:.4f} {'>=' if acc_ok else '<'} champion "
-        f"{champion.accuracy:.4f} + min_delta {cfg.min_delta:.4f}"
-    )
-    recall_ok = True
-    for cls, champ in champion.per_class.items():
-        chal = challenger.per_class.get(cls)
-        if chal is None:
-            continue  # a class the challenger does not know cannot be compared
-        drop = champ.recall - chal.recall
-        if drop > cfg.max_class_recall_drop + _EPS:
-            recall_ok = False
-            reasons.append(
-                f"recall of {cls!r} drops {drop:.4f} ({champ.recall:.4f} -> {chal.recall:.4f}) "
-                f"> max_class_recall_drop {cfg.max_class_recall_drop:.4f}"
-            )
-    if recall_ok:
-        reasons.append(
-            f"no class recall drops more than {cfg.max_class_recall_drop:.4f}"
-        )
-    return Decision(promote=acc_ok and recall_ok, reasons=reasons)
-
-
-def compute_metrics(
-    y_true: Sequence[str], probabilities: Any, classes: Sequence[str]
-) -> Metrics:
-    """Accuracy, per-class P/R/F1, log loss and confusion matrix (pure).
-
-    ``probabilities``: (n, len(classes)); a row of NaN means the model could not classify
-    that image: it counts as wrong and as uniform probabilities in the log loss.
-    """
-    import numpy as np
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    probs = np.asarray(probabilities, dtype=np.float64).reshape(len(y_true), len(classes))
-    index = {c: i for i, c in enumerate(classes)}
-    truth = np.array([index[y] for y in y_true], dtype=np.int64)
-    failed = np.isnan(probs).any(axis=1)
-    probs = np.where(failed[:, None], 1.0 / len(classes), probs)
-    # -1 marks "no prediction": it never equals a true class, so it counts as wrong.
-    pred = np.where(failed, -1, probs.argmax(axis=1))
-    n = len(truth)
-    labels = list(range(len(classes)))
-    p, r, f1, support = precision_recall_fscore_support(
-        truth, pred, labels=labels, zero_division=0
-    )
-    p_true = probs[np.arange(n), truth] / probs.sum(axis=1)
-    cm = confusion_matrix(truth, pred, labels=labels) if n else np.zeros((0, 0), dtype=int)
-    return Metrics(
-        accuracy=float((pred == truth).mean()) if n else 0.0,
-        per_class={
-            c: ClassMetrics(float(p[i]), float(r[i]), float(f1[i]), int(support[i]))
-            for i, c in enumerate(classes)
-        },
-        log_loss=float(-np.log(np.clip(p_true, _LOG_LOSS_CLIP, 1.0)).mean()) if n else math.nan,
-        confusion_matrix=tuple(tuple(int(x) for x in row) for row in cm),
-        n=n,
-        n_errors=int(failed.sum()),
-    )
-
-
-def mcnemar_exact_p(challenger_correct: Sequence[bool], champion_correct: Sequence[bool]) -> float:
-    """Two-sided exact McNemar p-value on paired correctness (1.0 when they never disagree)."""
-    from scipy.stats import binomtest
-
-    b = sum(1 for a, c in zip(challenger_correct, champion_correct, strict=True) if a and not c)
-    c = sum(1 for a, c in zip(challenger_correct, champion_correct, strict=True) if c and not a)
-    if b + c == 0:
-        return 1.0
-    return float(binomtest(b, b + c, 0.5).pvalue)
 
 
 @dataclass(frozen=True)
@@ -264,20 +111,18 @@ def evaluate_challenger(
     run_id: str,
     manifest_version: str | None = None,
     *,
-    s3: Any = None,
+    s3: S3Client | None = None,
 ) -> EvalReport:
     """Evaluate run ``run_id``'s model and the champion on the same test split; log and decide."""
-    from mlflow.tracking import MlflowClient
-
     from weather_tasks import storage
 
-    serving.use_tracking(cfg)
-    client = MlflowClient()
+    client = tracking.client(cfg)
     run = client.get_run(run_id)
-    version = manifest_version or run.data.tags.get("manifest_version")
+    version = manifest_version or run.data.tags.get(tracking.MANIFEST_VERSION_TAG)
     if not version:
         raise EvaluationError(
-            f"run {run_id} has no 'manifest_version' tag; pass the manifest version explicitly"
+            f"run {run_id} has no {tracking.MANIFEST_VERSION_TAG!r} tag; "
+            "pass the manifest version explicitly"
         )
     s3 = s3 if s3 is not None else storage.make_client(cfg)
     m = manifest.read_manifest(s3, cfg, version)
@@ -289,20 +134,20 @@ def evaluate_challenger(
     y_true = [label for _, label in pairs]
     classes = list(cfg.classes)
 
-    model_uri = serving.run_model_uri(run_id)
-    chal_probs = _predict_probs(serving.load_model(model_uri), paths, classes)
+    model_uri = tracking.run_model_uri(run_id)
+    chal_probs = _predict_probs(serving.load_model(model_uri, cfg), paths, classes)
     challenger = compute_metrics(y_true, chal_probs, classes)
 
     champion: Metrics | None = None
     champion_error: str | None = None
     mcnemar_p: float | None = None
-    champ_version = _champion_version(client, cfg)
+    champ_version = tracking.alias_model_version(client, cfg.registered_model, tracking.CHAMPION)
     champ_run_id = None
     if champ_version is not None:
         champ_run_id = champ_version.run_id
         try:
             champ_model = serving.load_model(
-                f"models:/{cfg.registered_model}/{champ_version.version}"
+                tracking.version_uri(cfg.registered_model, champ_version.version), cfg
             )
             champ_probs = _predict_probs(champ_model, paths, classes)
             champion = compute_metrics(y_true, champ_probs, classes)
@@ -337,28 +182,14 @@ def evaluate_challenger(
 
 def read_evaluation(cfg: PipelineConfig, run_id: str) -> EvalReport:
     """The evaluation stored on a run by :func:`evaluate_challenger`."""
-    import mlflow
-
-    serving.use_tracking(cfg)
+    artifact = tracking.EVALUATION_ARTIFACT
     try:
-        data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{EVALUATION_ARTIFACT}")
+        data = tracking.load_run_dict(tracking.client(cfg), run_id, artifact)
     except Exception as exc:  # noqa: BLE001 - MlflowException or OSError depending on store
         raise EvaluationError(
-            f"run {run_id} has no {EVALUATION_ARTIFACT}; run `weather evaluate {run_id}` first"
+            f"run {run_id} has no {artifact}; run `weather evaluate {run_id}` first"
         ) from exc
     return EvalReport.from_dict(data)
-
-
-def _champion_version(client: Any, cfg: PipelineConfig) -> Any:
-    """The model version holding the champion alias, or None (no model or no alias yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(cfg.registered_model, serving.CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
 
 
 def _predict_probs(model: Any, paths: Sequence[str], classes: Sequence[str]) -> Any:
@@ -383,7 +214,7 @@ def _correct(probs: Any, y_true: Sequence[str], classes: Sequence[str]) -> list[
     return out
 
 
-def _log_to_run(client: Any, report: EvalReport) -> None:
+def _log_to_run(client: MlflowClient, report: EvalReport) -> None:
     run_id = report.run_id
     metrics = {"test_accuracy": report.challenger.accuracy}
     if not math.isnan(report.challenger.log_loss):
@@ -396,16 +227,16 @@ def _log_to_run(client: Any, report: EvalReport) -> None:
         metrics["champion_test_accuracy"] = report.champion.accuracy
     if report.mcnemar_p is not None:
         metrics["mcnemar_p"] = report.mcnemar_p
-    for k, v in metrics.items():
-        client.log_metric(run_id, k, v, step=0)
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value, step=0)
     tags = {
-        "evaluation.promote": str(report.promote).lower(),
-        "evaluation.reasons": "; ".join(report.decision.reasons)[:5000],
-        "evaluation.manifest_version": report.manifest_version,
-        "evaluation.champion_version": report.champion_version or "none",
+        tracking.EVAL_PROMOTE_TAG: str(report.promote).lower(),
+        tracking.EVAL_REASONS_TAG: "; ".join(report.decision.reasons)[:5000],
+        tracking.EVAL_MANIFEST_VERSION_TAG: report.manifest_version,
+        tracking.EVAL_CHAMPION_VERSION_TAG: report.champion_version or "none",
     }
     if report.champion_error:
-        tags["evaluation.champion_error"] = report.champion_error
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
-    client.log_dict(run_id, report.as_dict(), EVALUATION_ARTIFACT)
+        tags[tracking.EVAL_CHAMPION_ERROR_TAG] = report.champion_error
+    for tag, text in tags.items():
+        client.set_tag(run_id, tag, text)
+    client.log_dict(run_id, report.as_dict(), tracking.EVALUATION_ARTIFACT)

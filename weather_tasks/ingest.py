@@ -20,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ResponseStreamingError
 
@@ -37,7 +38,10 @@ from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.label import label_for_key
 from weather_tasks.manifest import ImageRecord, Manifest, ManifestError, ObjectRecord
 from weather_tasks.storage import put_json
-from weather_tasks.validate import Rejected, validate_image
+from weather_tasks.validate import Rejected, ValidImage, validate_image
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -106,32 +110,45 @@ class _Listed:
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """What happened to one new object, before the merge."""
+class _Image:
+    """A new object whose content is a valid image with a label, stored in ``curated/``
+    (by this run, or by an earlier one when the content was already known)."""
 
     obj: _Listed
+    label: str
+    sha256: str
+    stored_sha256: str
+    stored_ext: str
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _Quarantined:
+    """A new object to quarantine. ``label`` and ``sha256`` are set when it got that far."""
+
+    obj: _Listed
+    reason: str
+    detail: str
     label: str | None = None
     sha256: str | None = None
-    stored_sha256: str | None = None
-    stored_ext: str | None = None
-    format: str | None = None
-    width: int = 0
-    height: int = 0
-    reason: str | None = None
-    detail: str = ""
+
+
+_Outcome = _Image | _Quarantined  # what happened to one new object, before the merge
 
 
 @dataclass
 class _Merge:
     images: dict[str, ImageRecord]
     objects: dict[str, ObjectRecord]
-    accepted: list[_Outcome] = field(default_factory=list)
+    accepted: list[_Image] = field(default_factory=list)
     batch_keys: dict[str, list[str]] = field(default_factory=dict)  # sha -> keys, this batch
-    rejected: list[_Outcome] = field(default_factory=list)
+    rejected: list[_Quarantined] = field(default_factory=list)
     duplicates: int = 0
 
 
-def ingest(cfg: PipelineConfig, s3: Any) -> IngestReport:
+def ingest(cfg: PipelineConfig, s3: S3Client) -> IngestReport:
     """Run one ingest; returns the report. Raises on S3 failure with nothing written."""
     started = time.monotonic()
     _check_bucket(cfg, s3)
@@ -149,7 +166,8 @@ def ingest(cfg: PipelineConfig, s3: Any) -> IngestReport:
         return _report(cfg, listed, [], base, previous, None, "none", started, warnings)
 
     with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
-        outcomes = list(pool.map(lambda o: _process(cfg, s3, o, base), new))
+        store = _StoreOnce()
+        outcomes = list(pool.map(lambda o: _process(cfg, s3, o, base, store), new))
 
     merged = _merge(cfg, base, outcomes)
     version = mf.next_version(base.version)
@@ -188,7 +206,7 @@ def ingest(cfg: PipelineConfig, s3: Any) -> IngestReport:
     )
 
 
-def upload_folder(cfg: PipelineConfig, s3: Any, folder: str | Path) -> dict[str, Any]:
+def upload_folder(cfg: PipelineConfig, s3: S3Client, folder: str | Path) -> dict[str, Any]:
     """Upload every file under ``folder`` to ``incoming/<relative path>`` (for demos and tests)."""
     root = Path(folder)
     if not root.is_dir():
@@ -205,7 +223,7 @@ def upload_folder(cfg: PipelineConfig, s3: Any, folder: str | Path) -> dict[str,
     return {"uploaded": len(files), "bucket": cfg.bucket, "prefix": cfg.incoming_prefix}
 
 
-def _check_bucket(cfg: PipelineConfig, s3: Any) -> None:
+def _check_bucket(cfg: PipelineConfig, s3: S3Client) -> None:
     from botocore.exceptions import ClientError
 
     try:
@@ -220,7 +238,7 @@ def _check_bucket(cfg: PipelineConfig, s3: Any) -> None:
         raise
 
 
-def _list_incoming(cfg: PipelineConfig, s3: Any) -> Iterator[_Listed]:
+def _list_incoming(cfg: PipelineConfig, s3: S3Client) -> Iterator[_Listed]:
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.incoming_prefix):
         for obj in page.get("Contents", []):
@@ -234,42 +252,61 @@ def _is_new(obj: _Listed, base: Manifest) -> bool:
     return seen is None or seen.etag != obj.etag
 
 
-def _process(cfg: PipelineConfig, s3: Any, obj: _Listed, base: Manifest) -> _Outcome:
+class _StoreOnce:
+    """Validates and stores each content once per run: many new keys may share one content
+    (copies arrive together), and decoding or uploading it again for each is wasted work
+    (concurrent PUTs of one key also trip up some S3 servers). Later callers wait for the
+    first one's result; its S3 error, if any, reaches them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[str, Future[ValidImage | Rejected]] = {}
+
+    def __call__(
+        self, sha: str, work: Callable[[], ValidImage | Rejected]
+    ) -> ValidImage | Rejected:
+        with self._lock:
+            future = self._results.get(sha)
+            first = future is None
+            if future is None:
+                future = self._results[sha] = Future()
+        if first:
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+
+def _process(
+    cfg: PipelineConfig, s3: S3Client, obj: _Listed, base: Manifest, store: _StoreOnce
+) -> _Outcome:
     """Label, download, hash, validate and store one object. S3 errors propagate."""
     labelled = label_for_key(obj.key, cfg.classes)
     if labelled.label is None:
-        return _Outcome(obj, reason=labelled.reason, detail=labelled.detail)
+        return _Quarantined(obj, labelled.reason, labelled.detail)
+    label = labelled.label
     if obj.size == 0:
-        return _Outcome(obj, labelled.label, reason="empty", detail="the object has no bytes")
+        return _Quarantined(obj, "empty", "the object has no bytes", label)
     if obj.size > cfg.max_object_bytes:
-        return _Outcome(
-            obj,
-            labelled.label,
-            reason="too_many_bytes",
-            detail=f"{obj.size} bytes > {cfg.max_object_bytes}",
+        return _Quarantined(
+            obj, "too_many_bytes", f"{obj.size} bytes > {cfg.max_object_bytes}", label
         )
     data = _download(cfg, s3, obj)
     sha = hashlib.sha256(data).hexdigest()
     known = base.images.get(sha)
     if known is not None:  # content already curated: no need to decode or store it again
-        return _Outcome(obj, labelled.label, sha, known.stored_sha256, known.ext, known.format)
-    try:
-        valid = validate_image(data, cfg)
-    except Rejected as exc:
-        return _Outcome(obj, labelled.label, sha, reason=exc.reason, detail=exc.detail)
-    stored_sha = hashlib.sha256(valid.stored_bytes).hexdigest()
-    s3.put_object(
-        Bucket=cfg.bucket,
-        Key=mf.curated_key(cfg, sha, valid.stored_ext),
-        Body=valid.stored_bytes,
-        ContentType="image/png" if valid.stored_ext == "png" else "image/jpeg",
-        Metadata={"source-format": valid.format, "source-mode": valid.mode},
-    )
-    return _Outcome(
+        return _Image(
+            obj, label, sha, known.stored_sha256, known.ext, known.format, known.width, known.height
+        )
+    valid = store(sha, lambda: _validate_and_store(cfg, s3, sha, data))
+    if isinstance(valid, Rejected):
+        return _Quarantined(obj, valid.reason, valid.detail, label, sha)
+    return _Image(
         obj,
-        labelled.label,
+        label,
         sha,
-        stored_sha,
+        hashlib.sha256(valid.stored_bytes).hexdigest(),
         valid.stored_ext,
         valid.format,
         valid.width,
@@ -277,7 +314,25 @@ def _process(cfg: PipelineConfig, s3: Any, obj: _Listed, base: Manifest) -> _Out
     )
 
 
-def _download(cfg: PipelineConfig, s3: Any, obj: _Listed) -> bytes:
+def _validate_and_store(
+    cfg: PipelineConfig, s3: S3Client, sha: str, data: bytes
+) -> ValidImage | Rejected:
+    """Validate by content; put a valid image under ``curated/`` (by the hash of the source)."""
+    try:
+        valid = validate_image(data, cfg)
+    except Rejected as exc:
+        return exc
+    s3.put_object(
+        Bucket=cfg.bucket,
+        Key=mf.curated_key(cfg, sha, valid.stored_ext),
+        Body=valid.stored_bytes,
+        ContentType="image/png" if valid.stored_ext == "png" else "image/jpeg",
+        Metadata={"source-format": valid.format, "source-mode": valid.mode},
+    )
+    return valid
+
+
+def _download(cfg: PipelineConfig, s3: S3Client, obj: _Listed) -> bytes:
     """GET with botocore's retries, plus retries of a body stream cut mid-read (which
     botocore leaves to the caller), with the same exponential backoff."""
     for attempt in range(1, cfg.s3_max_attempts + 1):
@@ -293,23 +348,25 @@ def _download(cfg: PipelineConfig, s3: Any, obj: _Listed) -> bytes:
 def _merge(cfg: PipelineConfig, base: Manifest, outcomes: list[_Outcome]) -> _Merge:
     """Decide accepted / duplicate / quarantined, deterministically (key order)."""
     merged = _Merge(images=dict(base.images), objects=dict(base.objects))
-    valid = [o for o in outcomes if o.reason is None]
     labels_by_sha: dict[str, set[str]] = {}
-    for o in valid:
-        labels_by_sha.setdefault(o.sha256, set()).add(o.label)
+    for out in outcomes:
+        if isinstance(out, _Image):
+            labels_by_sha.setdefault(out.sha256, set()).add(out.label)
     for sha, known in base.images.items():
         if sha in labels_by_sha:
             labels_by_sha[sha].add(known.label)
 
     for o in sorted(outcomes, key=lambda o: o.obj.key):
-        if o.reason is None and len(labels_by_sha[o.sha256]) > 1:
+        if isinstance(o, _Image) and len(labels_by_sha[o.sha256]) > 1:
             labels = ", ".join(sorted(labels_by_sha[o.sha256]))
-            o = replace(
-                o,
-                reason="conflicting_label",
-                detail=f"the same content {o.sha256[:12]} arrived under labels {labels}",
+            o = _Quarantined(
+                o.obj,
+                "conflicting_label",
+                f"the same content {o.sha256[:12]} arrived under labels {labels}",
+                o.label,
+                o.sha256,
             )
-        if o.reason is not None:
+        if isinstance(o, _Quarantined):
             merged.rejected.append(o)
             merged.objects[o.obj.key] = ObjectRecord(o.obj.etag, "quarantined", o.sha256, o.reason)
             continue
@@ -339,10 +396,12 @@ def _assign_splits(cfg: PipelineConfig, merged: _Merge, first: bool) -> dict[str
     return sp.incremental_split(items, counts, cfg.split_ratios, cfg.split_seed)
 
 
-def _write_quarantine(cfg: PipelineConfig, s3: Any, version: str, rejected: list[_Outcome]) -> None:
+def _write_quarantine(
+    cfg: PipelineConfig, s3: S3Client, version: str, rejected: list[_Quarantined]
+) -> None:
     """One JSON record per rejected object, named by the hash of its key (never the key)."""
 
-    def put(o: _Outcome) -> None:
+    def put(o: _Quarantined) -> None:
         name = hashlib.sha256(o.obj.key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         put_json(
             s3,

@@ -19,10 +19,25 @@ _TOKEN = re.compile(r"[^\W\d_]+|\d+")
 
 
 @dataclass(frozen=True)
-class LabelResult:
-    label: str | None
-    reason: str | None = None  # no_class | ambiguous_class
+class Labelled:
+    """Exactly one class name is a token of the file name."""
+
+    label: str
+    reason: None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Unlabelled:
+    """No class name, or more than one, is a token of the file name."""
+
+    reason: str  # no_class | ambiguous_class
+    detail: str
+    label: None = None
+
+
+# Both carry label, reason and detail; checking ``label is None`` tells them apart.
+LabelResult = Labelled | Unlabelled
 
 
 def tokens(key: str) -> list[str]:
@@ -35,7 +50,7 @@ def tokens(key: str) -> list[str]:
 def label_for_key(key: str, classes: Sequence[str]) -> LabelResult:
     found = sorted({t for t in tokens(key) if t in classes}, key=list(classes).index)
     if len(found) == 1:
-        return LabelResult(found[0])
+        return Labelled(found[0])
     if not found:
-        return LabelResult(None, "no_class", f"no class name ({', '.join(classes)}) is a token")
-    return LabelResult(None, "ambiguous_class", f"name matches {', '.join(found)}")
+        return Unlabelled("no_class", f"no class name ({', '.join(classes)}) is a token")
+    return Unlabelled("ambiguous_class", f"name matches {', '.join(found)}")

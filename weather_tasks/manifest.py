@@ -16,12 +16,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.storage import get_json
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 SPLITS = ("train", "val", "test")
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
@@ -158,7 +161,7 @@ def curated_key(cfg: PipelineConfig, sha256: str, ext: str) -> str:
     return f"{cfg.curated_images_prefix}{sha256}.{ext}"
 
 
-def list_versions(s3: Any, cfg: PipelineConfig) -> list[str]:
+def list_versions(s3: S3Client, cfg: PipelineConfig) -> list[str]:
     versions = []
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.manifests_prefix):
@@ -169,12 +172,12 @@ def list_versions(s3: Any, cfg: PipelineConfig) -> list[str]:
     return sorted(versions, key=lambda v: int(v[1:]))
 
 
-def latest_version(s3: Any, cfg: PipelineConfig) -> str | None:
+def latest_version(s3: S3Client, cfg: PipelineConfig) -> str | None:
     versions = list_versions(s3, cfg)
     return versions[-1] if versions else None
 
 
-def read_manifest(s3: Any, cfg: PipelineConfig, version: str | None = None) -> Manifest:
+def read_manifest(s3: S3Client, cfg: PipelineConfig, version: str | None = None) -> Manifest:
     """Read one version (default: the latest). Raises ManifestError when there is none."""
     version = version or latest_version(s3, cfg)
     if version is None:
@@ -187,7 +190,7 @@ def read_manifest(s3: Any, cfg: PipelineConfig, version: str | None = None) -> M
         raise
 
 
-def write_manifest(s3: Any, cfg: PipelineConfig, manifest: Manifest) -> str:
+def write_manifest(s3: S3Client, cfg: PipelineConfig, manifest: Manifest) -> str:
     """Write a new version; refuses to overwrite one (versions are immutable). Returns its URI."""
     key = manifest_key(cfg, manifest.version)
     try:
@@ -206,7 +209,7 @@ def write_manifest(s3: Any, cfg: PipelineConfig, manifest: Manifest) -> str:
 
 
 def fetch_images(
-    s3: Any, cfg: PipelineConfig, records: Iterable[ImageRecord]
+    s3: S3Client, cfg: PipelineConfig, records: Iterable[ImageRecord]
 ) -> list[tuple[Path, str]]:
     """Download curated images into the local cache once; return (path, label) pairs.
 

@@ -18,6 +18,10 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+# The smallest image each model accepts is a config rule (checked when the config is built);
+# build_model checks it too, for callers that pass a size directly.
+from weather_tasks.config import MIN_IMAGE_SIZE
+
 Builder = Callable[[int, int], keras.Model]
 
 
@@ -108,10 +112,6 @@ def build_model_3(image_size: int, n_classes: int = 4) -> keras.Model:
         name="model_3",
     )
 
-
-# The smallest image each model accepts: model 2's last convolution is "valid" after five
-# poolings (needs a 3x3 map), model 1's after two; model 3 pools four times.
-MIN_IMAGE_SIZE = {"model_1": 12, "model_2": 96, "model_3": 16}
 
 BUILDERS: dict[str, Builder] = {
     "model_1": build_model_1,

@@ -18,15 +18,16 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from weather_tasks import serving
+from weather_tasks import tracking
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.evaluate import EvalReport, read_evaluation
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
-PREVIOUS = "previous"
+log = logging.getLogger(__name__)
 
 
 class RegistryError(PipelineError):
@@ -53,7 +54,7 @@ class PromoteReport:
 
     @property
     def model_uri(self) -> str | None:
-        return f"models:/{self.registered_model}/{self.version}" if self.version else None
+        return tracking.version_uri(self.registered_model, self.version) if self.version else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,9 +114,6 @@ def promote_if_better(
     Accepts a run id (the evaluation is read from the run), an :class:`EvalReport`, or its
     ``as_dict()`` (what the DAG passes through XCom).
     """
-    from mlflow.tracking import MlflowClient
-
-    serving.use_tracking(cfg)
     if isinstance(run_id_or_eval_report, str):
         report = read_evaluation(cfg, run_id_or_eval_report)
     elif isinstance(run_id_or_eval_report, EvalReport):
@@ -123,7 +121,7 @@ def promote_if_better(
     else:
         report = EvalReport.from_dict(run_id_or_eval_report)
     name = cfg.registered_model
-    client = MlflowClient()
+    client = tracking.client(cfg)
 
     def result(
         status: str, version: str | None, previous: str | None, reason: str
@@ -142,11 +140,11 @@ def promote_if_better(
         (log.warning if out.failed else log.info)("promotion: %s", out.summary())
         return out
 
-    current = _alias_version(client, name, serving.CHAMPION)
+    current = tracking.alias_version(client, name, tracking.CHAMPION)
     existing = _version_of_run(client, name, report.run_id)
     if existing is not None and current == existing:
         return result(
-            "already_champion", existing, _alias_version(client, name, PREVIOUS),
+            "already_champion", existing, tracking.alias_version(client, name, tracking.PREVIOUS),
             f"run {report.run_id} already is {name}@champion (v{existing}); nothing to do",
         )
     if not report.promote:
@@ -162,19 +160,17 @@ def promote_if_better(
         existing = _register(client, cfg, report, airflow_run_id)
 
     # Race guard: re-read right before the alias moves, after the (slow) registration.
-    now = _alias_version(client, name, serving.CHAMPION)
+    now = tracking.alias_version(client, name, tracking.CHAMPION)
     if now != report.champion_version:
         return result(
             "refused_champion_changed", existing, None,
             f"champion changed during promotion (expected v{report.champion_version or 'none'}, "
             f"found v{now or 'none'}); v{existing} stays registered without alias",
         )
-    # "previous" first: a crash between the two calls leaves the champion untouched.
-    if now is not None:
-        client.set_registered_model_alias(name, PREVIOUS, now)
-    client.set_registered_model_alias(name, serving.CHAMPION, existing)
+    tracking.move_champion(client, name, existing, now)
     client.set_model_version_tag(
-        name, existing, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+        name, existing, tracking.VERSION_PROMOTED_AT_TAG,
+        datetime.now(UTC).isoformat(timespec="seconds"),
     )
     client.set_tag(report.run_id, "registry.version", existing)
     return result(
@@ -186,14 +182,12 @@ def promote_if_better(
 def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> RollbackReport:
     """Move ``champion`` to ``previous`` (or ``to_version``); the replaced one becomes previous."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    serving.use_tracking(cfg)
-    client = MlflowClient()
+    client = tracking.client(cfg)
     name = cfg.registered_model
-    current = _alias_version(client, name, serving.CHAMPION)
+    current = tracking.alias_version(client, name, tracking.CHAMPION)
     if to_version is None:
-        target = _alias_version(client, name, PREVIOUS)
+        target = tracking.alias_version(client, name, tracking.PREVIOUS)
         if target is None:
             raise RegistryError(f"{name} has no @previous version to roll back to; pass --to")
     else:
@@ -204,10 +198,7 @@ def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> Rollba
             raise RegistryError(f"{name} has no version {target!r}") from exc
     if target == current:
         return RollbackReport(name, current, target, changed=False)
-    # Same order as promotion: the alias a crash could leave stale is the less important one.
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current)
-    client.set_registered_model_alias(name, serving.CHAMPION, target)
+    tracking.move_champion(client, name, target, current)
     client.set_model_version_tag(
         name, target, "rolled_back_to_at", datetime.now(UTC).isoformat(timespec="seconds")
     )
@@ -216,37 +207,27 @@ def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> Rollba
 
 
 def _register(
-    client: Any, cfg: PipelineConfig, report: EvalReport, airflow_run_id: str | None
+    client: MlflowClient, cfg: PipelineConfig, report: EvalReport, airflow_run_id: str | None
 ) -> str:
     import mlflow
 
     tags = {
-        "accuracy": f"{report.challenger.accuracy:.6f}",
-        "manifest_version": report.manifest_version,
-        "run_id": report.run_id,
-        "airflow_run_id": airflow_run_id or "",
+        tracking.VERSION_ACCURACY_TAG: f"{report.challenger.accuracy:.6f}",
+        tracking.VERSION_MANIFEST_VERSION_TAG: report.manifest_version,
+        tracking.VERSION_RUN_ID_TAG: report.run_id,
+        tracking.VERSION_AIRFLOW_RUN_ID_TAG: airflow_run_id or "",
     }
     if report.mcnemar_p is not None:
         tags["mcnemar_p_vs_previous"] = f"{report.mcnemar_p:.6g}"
+    tracking.check_process(cfg)  # register_model is fluent: it uses the process's registry
     mv = mlflow.register_model(
-        serving.run_model_uri(report.run_id), cfg.registered_model, tags=tags
+        tracking.run_model_uri(report.run_id), cfg.registered_model, tags=tags
     )
     log.info("registered %s v%s from run %s", cfg.registered_model, mv.version, report.run_id)
     return str(mv.version)
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-def _version_of_run(client: Any, name: str, run_id: str) -> str | None:
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
     """The version registered from ``run_id`` (the oldest, should there ever be two)."""
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:

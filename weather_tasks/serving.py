@@ -1,128 +1,33 @@
-"""Serving side: log the Keras model as an MLflow pyfunc, find the champion, predict files.
+"""The serving client: load a logged pyfunc model from MLflow and classify image files.
 
-The logged model (``serving_model.py``, logged as MLflow "model from code") decodes, resizes
-and rescales inside, so downstream services only do::
+The model (logged by :mod:`weather_tasks.model_package`) decodes and preprocesses inside, so
+this side only reads files and frames: no TensorFlow import here, nothing of training.
 
-    mlflow.pyfunc.load_model("models:/weather-classifier@champion").predict(
-        pd.DataFrame({"image": [jpeg_bytes]})   # or {"path": ["/data/x.jpg"]}
-    )
-
-and get ``label``, ``prob_<class>`` and ``error`` per row.
+Models are loaded through an explicit tracking server (``cfg``), never the process's global
+MLflow state: MLflow resolves ``models:/`` and ``runs:/`` model URIs against the *process's*
+tracking and registry URIs even when ``download_artifacts`` is given a ``tracking_uri`` (its
+``ModelsArtifactRepository`` builds its own ``MlflowClient`` from the global registry URI), so
+the URI is first resolved to the model's storage location with ``tracking.client(cfg)``, then
+downloaded with that tracking URI and loaded from the local copy.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import statistics
 import tempfile
-import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from weather_tasks import tracking
 from weather_tasks.config import PipelineConfig
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 log = logging.getLogger(__name__)
-
-MODEL_NAME = "model"  # the artifact name inside a run: runs:/<run_id>/model
-CHAMPION = "champion"
-_MODEL_CODE = Path(__file__).with_name("serving_model.py")
-
-
-def use_tracking(cfg: PipelineConfig) -> None:
-    """Point the mlflow client at the configured tracking server (and its registry)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-    mlflow.set_registry_uri(cfg.mlflow_tracking_uri)
-
-
-def champion_uri(cfg: PipelineConfig) -> str:
-    return f"models:/{cfg.registered_model}@{CHAMPION}"
-
-
-def run_model_uri(run_id: str) -> str:
-    return f"runs:/{run_id}/{MODEL_NAME}"
-
-
-def log_model(keras_model: Any, cfg: PipelineConfig, input_example_path: str | None = None) -> str:
-    """Log ``keras_model`` as the pyfunc model "model" of the active run; returns its URI.
-
-    The Keras model travels as a ``.keras`` artifact; classes and image size as the model
-    config, so the model alone knows how to preprocess. ``input_example_path``: an image file
-    whose bytes become the input example (and let MLflow check the model loads and predicts).
-    """
-    import mlflow
-
-    from weather_tasks.data import RESIZE_ANTIALIAS, RESIZE_METHOD  # TensorFlow: train's deps
-
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("log_model must be called inside an active MLflow run")
-    with tempfile.TemporaryDirectory(prefix="weather-model-") as tmp:
-        keras_path = Path(tmp) / "model.keras"
-        keras_model.save(keras_path)
-        example = None
-        if input_example_path is not None:
-            import pandas as pd
-
-            example = pd.DataFrame({"image": [Path(input_example_path).read_bytes()]})
-        mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(_MODEL_CODE),
-            artifacts={"keras_model": str(keras_path)},
-            model_config={
-                "classes": list(cfg.classes),
-                "image_size": cfg.image_size,
-                # The training pipeline's resize, applied at serving too (no train/serve skew).
-                "interpolation": RESIZE_METHOD,
-                "antialias": RESIZE_ANTIALIAS,
-            },
-            signature=model_signature(cfg),
-            input_example=example,
-            pip_requirements=model_requirements(),
-        )
-    return run_model_uri(run.info.run_id)
-
-
-def model_signature(cfg: PipelineConfig) -> Any:
-    """Inputs: optional ``image`` (binary) and ``path`` (string); outputs: label, probs, error."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("binary", "image", required=False),
-            ColSpec("string", "path", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec("string", "label", required=False),
-            *(ColSpec("double", f"prob_{c}", required=False) for c in cfg.classes),
-            ColSpec("string", "error", required=False),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def model_requirements() -> list[str]:
-    """What a consumer must install: mlflow, keras and its backend, pillow (exact versions)."""
-    import keras
-
-    backend = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
-               "torch": ("torch",)}.get(keras.backend.backend(), ())
-    reqs = []
-    for names in (("mlflow",), ("keras",), backend, ("pillow",), ("numpy",), ("pandas",)):
-        for name in names:
-            try:
-                reqs.append(f"{name}=={importlib.metadata.version(name)}")
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return reqs
 
 
 @dataclass(frozen=True)
@@ -170,13 +75,18 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def load_model(model_uri: str, cfg: PipelineConfig | None = None) -> Any:
-    """Load the pyfunc model (``cfg`` points the client at the tracking server)."""
+def load_model(model_uri: str, cfg: PipelineConfig) -> Any:
+    """The pyfunc model at ``model_uri`` (``runs:/``, ``models:/name/version|@alias``) on
+    ``cfg``'s tracking server."""
     import mlflow
 
-    if cfg is not None:
-        use_tracking(cfg)
-    return mlflow.pyfunc.load_model(model_uri)
+    source = _model_source(tracking.client(cfg), model_uri)
+    with tempfile.TemporaryDirectory(prefix="weather-load-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=tmp, tracking_uri=cfg.mlflow_tracking_uri
+        )
+        # Loading reads everything into memory (the Keras model too): the copy can go.
+        return mlflow.pyfunc.load_model(local)
 
 
 def predictions_frame(model: Any, paths: Sequence[str | Path]) -> Any:
@@ -187,7 +97,7 @@ def predictions_frame(model: Any, paths: Sequence[str | Path]) -> Any:
 
 
 def predict_files(
-    model_uri: str, paths: Sequence[str | Path], cfg: PipelineConfig | None = None
+    model_uri: str, paths: Sequence[str | Path], cfg: PipelineConfig
 ) -> PredictReport:
     """Classify image files; an unreadable or undecodable file gets an error, not a crash."""
     model = load_model(model_uri, cfg)
@@ -203,71 +113,33 @@ def predict_files(
     return PredictReport(model_uri=model_uri, predictions=tuple(preds))
 
 
-@dataclass(frozen=True)
-class LatencyReport:
-    """Prediction latency of the pyfunc model, end to end (decode + resize + model)."""
+def _model_source(mlflow_client: MlflowClient, model_uri: str) -> str:
+    """Where the model's files are stored (an artifact URI), resolved with ``mlflow_client``.
 
-    model_uri: str
-    load_s: float
-    single_ms_median: float
-    single_ms_p90: float
-    batch_size: int
-    batch_ms_median: float
-    batch_images_per_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def summary(self) -> str:
-        return (
-            f"pyfunc load {self.load_s:.2f}s; single image: median {self.single_ms_median:.1f} ms, "
-            f"p90 {self.single_ms_p90:.1f} ms; batch of {self.batch_size}: median "
-            f"{self.batch_ms_median:.1f} ms ({self.batch_images_per_s:.1f} images/s)"
-        )
-
-
-def measure_latency(
-    model_uri: str,
-    image_paths: Sequence[str | Path],
-    cfg: PipelineConfig | None = None,
-    *,
-    batch_size: int = 32,
-    repeats: int = 20,
-) -> LatencyReport:
-    """Single-image and batch latency of ``model.predict`` on image bytes, after a warm-up.
-
-    Bytes (not paths) are sent, as a REST client would, so file reads are not timed.
+    ``models:/<name>/<version>`` and ``models:/<name>@<alias>``: the version's download URI;
+    ``runs:/<run_id>/<name>``: the logged model of that name from that run (MLflow 3 keeps it
+    outside the run's artifacts), else the run's artifact of that path (older runs); anything
+    else (a storage URI, a local path) is returned as is.
     """
-    import pandas as pd
-
-    t0 = time.perf_counter()
-    model = load_model(model_uri, cfg)
-    load_s = time.perf_counter() - t0
-    blobs = [Path(p).read_bytes() for p in image_paths]
-    if not blobs:
-        raise ValueError("measure_latency needs at least one image")
-    batch = pd.DataFrame({"image": [blobs[i % len(blobs)] for i in range(batch_size)]})
-    model.predict(pd.DataFrame({"image": blobs[:1]}))  # warm-up: traces the predict function
-    model.predict(batch)
-
-    singles = []
-    for i in range(repeats):
-        one = pd.DataFrame({"image": [blobs[i % len(blobs)]]})
-        t = time.perf_counter()
-        model.predict(one)
-        singles.append((time.perf_counter() - t) * 1000)
-    batches = []
-    for _ in range(max(3, repeats // 4)):
-        t = time.perf_counter()
-        model.predict(batch)
-        batches.append((time.perf_counter() - t) * 1000)
-    batch_med = statistics.median(batches)
-    return LatencyReport(
-        model_uri=model_uri,
-        load_s=round(load_s, 3),
-        single_ms_median=round(statistics.median(singles), 2),
-        single_ms_p90=round(statistics.quantiles(singles, n=10)[-1], 2),
-        batch_size=batch_size,
-        batch_ms_median=round(batch_med, 2),
-        batch_images_per_s=round(batch_size / (batch_med / 1000), 1),
-    )
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme == "models" and not parsed.path.lstrip("/").startswith("m-"):
+        name_and_ref = parsed.path.lstrip("/")
+        if "@" in name_and_ref:
+            name, alias = name_and_ref.split("@", 1)
+            version = mlflow_client.get_model_version_by_alias(name, alias).version
+        else:
+            name, version = name_and_ref.rsplit("/", 1)
+        return mlflow_client.get_model_version_download_uri(name, str(version))
+    if parsed.scheme == "models":  # a logged model id: models:/m-...
+        return mlflow_client.get_logged_model(parsed.path.lstrip("/")).artifact_location
+    if parsed.scheme == "runs":
+        run_id, _, name = parsed.path.lstrip("/").partition("/")
+        run = mlflow_client.get_run(run_id)
+        logged = mlflow_client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"name = '{name}' AND source_run_id = '{run_id}'",
+        )
+        if logged:
+            return logged[0].artifact_location
+        return f"{run.info.artifact_uri}/{name}"
+    return model_uri

@@ -47,7 +47,7 @@ class WeatherClassifier(PythonModel):
 
     # No type hints on predict: MLflow would try to derive (and enforce) a schema from them;
     # the logged signature is the contract instead.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         frame = _as_frame(model_input)
         n = len(frame)
         columns = ["label", *(f"prob_{c}" for c in self.classes), "error"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
+from weather_tasks import tracking
 from weather_ui.history import RUN_ID, ModelHistory, VersionView, download_artifact, read_history
 
 _PLOT_TITLES = {"learning_curve": "Learning curve", "confusion_matrix": "Confusion matrix"}
@@ -41,7 +42,7 @@ def settings_from_env() -> PageSettings:
     return PageSettings(
         tracking_uri=cfg.mlflow_tracking_uri,
         model_name=cfg.registered_model,
-        ui_url=(cfg.mlflow_ui_url or cfg.mlflow_tracking_uri).rstrip("/"),
+        ui_url=tracking.ui_url(cfg),
     )
 
 
@@ -93,15 +94,16 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
 def render_page(history: ModelHistory, s: PageSettings, request: Request) -> str:
     """The whole HTML page (every value escaped)."""
     esc = html.escape
-    champion = history.by_alias("champion")
-    previous = history.by_alias("previous")
+    champion = history.by_alias(tracking.CHAMPION)
+    previous = history.by_alias(tracking.PREVIOUS)
+    registry_url = tracking.ui_model_url(s.ui_url, history.model_name)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(history.model_name)}: model history</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Model history: <code>{esc(history.model_name)}</code></h1>",
-        f"<p class='meta'>Registry: <a href='{esc(s.ui_url)}/#/models/"
-        f"{esc(history.model_name)}' target='_blank'>{esc(s.ui_url)}</a></p>",
+        f"<p class='meta'>Registry: <a href='{esc(registry_url)}' target='_blank'>"
+        f"{esc(s.ui_url)}</a></p>",
     ]
     if history.error:
         parts.append(f"<p class='error' id='error'>{esc(history.error)}</p>")
@@ -109,7 +111,7 @@ def render_page(history: ModelHistory, s: PageSettings, request: Request) -> str
         parts.append("<p id='empty'>No registered versions yet: the first successful nightly "
                      "run that passes the accuracy floor registers one.</p>")
     parts.append("<div class='cards'>")
-    for role, view in (("champion", champion), ("previous", previous)):
+    for role, view in ((tracking.CHAMPION, champion), (tracking.PREVIOUS, previous)):
         if view is not None:
             parts.append(_card(role, view, s, request))
     parts.append("</div>")
@@ -175,8 +177,8 @@ def _table(history: ModelHistory, s: PageSettings) -> str:
 def _run_link(run_id: str | None, s: PageSettings) -> str:
     if not run_id:
         return "-"
-    rid = html.escape(run_id)
-    return f"<a href='{html.escape(s.ui_url)}/#/runs/{rid}' target='_blank'>{rid[:8]}</a>"
+    href = html.escape(tracking.ui_run_url(s.ui_url, run_id))
+    return f"<a href='{href}' target='_blank'>{html.escape(run_id)[:8]}</a>"
 
 
 def _pct(value: float | None) -> str:

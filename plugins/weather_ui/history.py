@@ -12,6 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from weather_tasks import tracking
+
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # Which run artifacts are the learning curve and the confusion matrix: by name, so the page
 # does not depend on the exact file names the training stage chooses.
@@ -54,8 +56,8 @@ class ModelHistory:
         return next((v for v in self.versions if alias in v.aliases), None)
 
     def as_dict(self) -> dict[str, Any]:
-        champion = self.by_alias("champion")
-        previous = self.by_alias("previous")
+        champion = self.by_alias(tracking.CHAMPION)
+        previous = self.by_alias(tracking.PREVIOUS)
         return {
             "model_name": self.model_name,
             "tracking_uri": self.tracking_uri,
@@ -88,20 +90,20 @@ def read_history(tracking_uri: str, model_name: str, limit: int = 50) -> ModelHi
     views = []
     for mv in found:
         tags = dict(mv.tags or {})
-        run_id = mv.run_id or tags.get("run_id")
+        run_id = mv.run_id or tags.get(tracking.VERSION_RUN_ID_TAG)
         aliases = tuple(sorted(a for a, v in alias_map.items() if str(v) == str(mv.version)))
         # Plots only where people look at them: the champion and the one before it.
-        wanted = {"champion", "previous"} & set(aliases)
+        wanted = {tracking.CHAMPION, tracking.PREVIOUS} & set(aliases)
         views.append(
             VersionView(
                 version=int(mv.version),
                 aliases=aliases,
                 run_id=run_id,
-                accuracy=_float(tags.get("accuracy")),
-                manifest_version=tags.get("manifest_version"),
-                airflow_run_id=tags.get("airflow_run_id"),
+                accuracy=_float(tags.get(tracking.VERSION_ACCURACY_TAG)),
+                manifest_version=tags.get(tracking.VERSION_MANIFEST_VERSION_TAG),
+                airflow_run_id=tags.get(tracking.VERSION_AIRFLOW_RUN_ID_TAG),
                 registered_at=_iso(mv.creation_timestamp),
-                promoted_at=_iso_text(tags.get("promoted_at")),
+                promoted_at=_iso_text(tags.get(tracking.VERSION_PROMOTED_AT_TAG)),
                 plots=_find_plots(client, run_id) if wanted and run_id else {},
             )
         )

@@ -9,7 +9,6 @@ DAG run.
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,11 +42,9 @@ class MlflowRunLink(BaseOperatorLink):
 
 def mlflow_run_url(run_id: str) -> str:
     """The MLflow UI page of a run (the UI resolves the experiment from the run id)."""
-    from weather_tasks import config
+    from weather_tasks import config, tracking
 
-    cfg = config.from_env()
-    base = (cfg.mlflow_ui_url or cfg.mlflow_tracking_uri).rstrip("/")
-    return f"{base}/#/runs/{urllib.parse.quote(run_id)}"
+    return tracking.run_url(config.from_env(), run_id)
 
 
 def find_run_id(value: Any) -> str | None:

@@ -10,13 +10,11 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DAGS = REPO / "dags"
+from tests.support import DAGS
 
 if "airflow" not in sys.modules:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="weather-dags-test-")
@@ -26,7 +24,8 @@ if "airflow" not in sys.modules:
 
 @pytest.fixture(scope="session")
 def dagbag() -> Iterator[Any]:
-    """The repo's dags/ folder, parsed once (Airflow's DagBag, as the dag-processor does)."""
-    from airflow.dag_processing.dagbag import DagBag
+    """The repo's dags/ folder, parsed once, as the dag-processor parses a bundle (the bundle's
+    folder on sys.path, so the DAG files can import weather_settings.py beside them)."""
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    yield DagBag(dag_folder=str(DAGS))
+    yield BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -15,10 +16,9 @@ from unittest import mock
 
 import pytest
 
+from tests.support import DAGS, REPO
 from weather_tasks import config
 from weather_tasks.config import ConfigError
-
-from .conftest import DAGS, REPO
 
 EXPECTED_UPSTREAM = {
     "ingest": set(),
@@ -32,9 +32,12 @@ IO_TASKS = ("ingest", "evaluate", "promote")
 
 
 def _load(path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
-    """Import a DAG file as a fresh module under ``env`` (parse-time settings)."""
+    """Import a DAG file as a fresh module under ``env`` (parse-time settings), with its folder
+    on sys.path as Airflow's dag-processor and task runner put it."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.syspath_prepend(str(path.parent))
+    monkeypatch.delitem(sys.modules, "weather_settings", raising=False)  # re-read the env
     spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -66,6 +69,7 @@ def test_parsing_imports_no_heavy_library() -> None:
     """TensorFlow, Keras and MLflow are imported inside tasks, never when the file is parsed."""
     code = (
         "import runpy, sys, json\n"
+        f"sys.path.insert(0, {str(DAGS)!r})\n"
         f"for f in {[str(p) for p in sorted(DAGS.glob('*.py'))]!r}:\n"
         "    runpy.run_path(f)\n"
         "heavy = ('tensorflow', 'keras', 'mlflow', 'sklearn', 'matplotlib')\n"
@@ -180,7 +184,21 @@ def test_invalid_params_name_the_param(dag: Any, conf: dict[str, Any], name: str
         _validated(dag, **conf)
 
 
-@pytest.mark.parametrize("name", ["epochs", "batch_size", "image_size", "min_delta"])
+def test_params_are_exactly_the_per_run_settings(dag: Any) -> None:
+    """Generated from the config's declarations: the trigger form never offers deployment
+    settings (storage, tracking), only what a run may change."""
+    assert set(dag.params.keys()) == set(config.per_run_settings())
+    assert {"epochs", "batch_size", "image_size", "model", "min_delta", "force_retrain"} <= set(
+        dag.params.keys()
+    )
+    for deployment in ("bucket", "s3_endpoint_url", "mlflow_tracking_uri", "registered_model"):
+        assert deployment not in dag.params.keys()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n, (_, kind) in config.per_run_settings().items() if kind in (int, float)],
+)
 def test_param_bounds_agree_with_the_config(dag: Any, name: str) -> None:
     """What the trigger form accepts, PipelineConfig accepts, and the edges agree."""
     schema = dag.params.get_param(name).schema
@@ -207,6 +225,33 @@ def test_run_config_applies_params_over_env(monkeypatch: pytest.MonkeyPatch) -> 
     # Types the JSON schema lets through (2.0 is an "integer") still meet PipelineConfig's check.
     with pytest.raises(ConfigError, match="epochs"):
         module.run_config({"epochs": 2.0})
+
+
+def test_cross_field_rule_fails_the_first_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model_2 at 64 px passes every param's own check; the run's config refuses it at once
+    (ingest fails fast) instead of inside train after an MLflow run is open."""
+    module = _load(DAGS / "weather_retrain.py", monkeypatch)
+    with pytest.raises(ConfigError, match="WEATHER_IMAGE_SIZE.*model_2.*96"):
+        module.run_config({"model": "model_2", "image_size": 64})
+
+
+@pytest.mark.parametrize(("env", "param", "forced"),
+                         [("", False, False), ("true", False, True), ("", True, True)])
+def test_force_retrain_from_env_or_param(
+    dag: Any, monkeypatch: pytest.MonkeyPatch, env: str, param: bool, forced: bool
+) -> None:
+    """A switch left off in the form keeps the deployment's WEATHER_FORCE_RETRAIN."""
+    monkeypatch.setenv("WEATHER_FORCE_RETRAIN", env)
+    decide = dag.get_task("anything_new").python_callable
+    assert decide({"accepted": 0}, params={"force_retrain": param}) is forced
+
+
+def test_run_config_points_the_task_process_at_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(DAGS / "weather_retrain.py", monkeypatch,
+                   WEATHER_MLFLOW_TRACKING_URI="http://mlflow.example:5000")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    module.run_config({})
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
 
 
 # --- the champion Asset ---------------------------------------------------------------------

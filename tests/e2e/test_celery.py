@@ -31,8 +31,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, mwd_images
-from weather_tasks import config, ingest, local_services, storage
+from devtools import local_services
+from tests.support import REPO, mwd_images
+from weather_tasks import config, ingest, storage
 
 pytestmark = pytest.mark.e2e
 

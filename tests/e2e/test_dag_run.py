@@ -2,8 +2,8 @@
 
 Real services: the S3 server and the MLflow server of tests/conftest.py, Airflow on SQLite in
 a temporary home (migrated once for the module), the S3 connection as an ``aws`` connection.
-Each night runs ``python dags/weather_retrain.py CONF`` in a child process, so this process
-never configures Airflow. Tiny settings (32 px, 1 epoch, a few dozen real photos) keep a
+Each night runs ``python -m devtools.night CONF`` (``dag.test()``) in a child process, so this
+process never configures Airflow. Tiny settings (32 px, 1 epoch, a few dozen real photos) keep a
 night at about two minutes on 2 CPU cores.
 """
 
@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import mwd_images
-from weather_tasks import config, ingest, local_services, storage
+from devtools import local_services
+from devtools.night import NightRun, run_night
+from tests.support import mwd_images
+from weather_tasks import config, ingest, storage
 
 pytestmark = pytest.mark.e2e
 
@@ -72,13 +74,16 @@ def _upload(cfg: config.PipelineConfig, s3: Any, folder: Path, per_class: int, s
     return int(ingest.upload_folder(cfg, s3, folder)["uploaded"])
 
 
-def _night(airflow: dict[str, Any], cfg: config.PipelineConfig, conf: dict[str, Any]) -> Any:
+def _night(
+    airflow: dict[str, Any], cfg: config.PipelineConfig, conf: dict[str, Any]
+) -> NightRun:
     env = {
         **airflow["env"],
         "WEATHER_BUCKET": cfg.bucket,
         "WEATHER_REGISTERED_MODEL": cfg.registered_model,
     }
-    run = local_services.run_dag_night(env, conf, cwd=airflow["root"], timeout=900)
+    log = airflow["root"] / "logs" / f"night-{uuid.uuid4().hex[:8]}.log"
+    run = run_night(env, conf, log_path=log, cwd=airflow["root"], timeout=900)
     assert SECRET not in run.output, "the S3 secret key appeared in the logs"
     return run
 

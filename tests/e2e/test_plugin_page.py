@@ -3,8 +3,9 @@
 A real MLflow server (the session fixture) holds a registered model with two versions
 (champion and previous), their tags and plot artifacts; the plugin's FastAPI app runs in
 uvicorn as its own process, configured only through ``WEATHER_*`` variables as it would be in
-the Airflow API server; Chromium loads the page, and the test reads the DOM it built and keeps
-a screenshot. Another test loads the plugin through Airflow's own plugin manager.
+the Airflow API server; Chromium loads the page, and the test reads the DOM it built and takes
+a screenshot (under the test's tmp path; ``WEATHER_TEST_ARTIFACTS=DIR`` keeps a copy in DIR).
+Another test loads the plugin through Airflow's own plugin manager.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from weather_tasks import local_services
+from devtools import local_services
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
-SCREENSHOT_COPY = REPO / "bench" / "out" / "plugin_page.png"
+ARTIFACTS_ENV = "WEATHER_TEST_ARTIFACTS"  # opt-in: a folder to keep the screenshot in
 
 
 def _chromium() -> str:
@@ -185,8 +186,9 @@ def test_page_renders_in_headless_chromium(
         assert im.size == (1280, 1300)
         # Not a blank page: the rendered page has many distinct colours.
         assert len(im.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
-    SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, SCREENSHOT_COPY)
+    if keep := os.environ.get(ARTIFACTS_ENV):
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(keep) / shot.name)
 
     # --virtual-time-budget lets the images load (and their onload handlers run) before the dump.
     dom = _chromium_run(["--virtual-time-budget=15000", "--dump-dom", url],

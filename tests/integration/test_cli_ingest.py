@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus import image_bytes
+from devtools.corpus import image_bytes
 
 pytestmark = pytest.mark.integration
 WEATHER = str(Path(sys.executable).with_name("weather"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from weather_tasks import config, demo, local_services, storage
+from devtools import demo, local_services
+from weather_tasks import config, storage
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import BotoCoreError
 
-from tests.conftest import MWD, mwd_images
-from tests.corpus import BAD, GOOD, image_bytes
-from tests.netproxy import FlakyProxy
+from devtools.corpus import BAD, GOOD, image_bytes
+from devtools.netproxy import FlakyProxy
+from tests.support import MWD, mwd_images
 from weather_tasks import config, ingest, manifest, storage
 from weather_tasks.ingest import IngestError
 

@@ -5,30 +5,33 @@ is shared by the module; further challengers are copies of its model logged to n
 (same accuracy: a tie) or a diverged copy (NaN weights: every prediction fails, accuracy 0),
 so each outcome is certain rather than dependent on how well a 2-epoch model trains.
 ``accuracy_floor`` is 0 so the first promotion does not depend on that either; the floor
-itself is covered by the decision table in tests/unit/test_decision.py.
+itself is covered by the decision table in tests/unit/test_policy.py.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import mwd_images
+from devtools import local_services
+from tests.support import mwd_images
 from weather_tasks import (
     cli,
     config,
     evaluate,
     ingest,
-    local_services,
     manifest,
+    model_package,
     registry,
     serving,
     storage,
+    tracking,
 )
 from weather_tasks.config import PipelineConfig
 
@@ -38,9 +41,22 @@ PER_CLASS = 12
 
 
 @pytest.fixture(scope="module")
+def mlflow_process(mlflow_server: local_services.Service) -> Iterator[None]:
+    """This process tracks to the session's MLflow server, set as an entry point sets it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.setenv(name, "")  # restored after the module
+        tracking.configure_process(
+            config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url)
+        )
+        yield
+
+
+@pytest.fixture(scope="module")
 def world(
     s3_server: local_services.Service,
     mlflow_server: local_services.Service,
+    mlflow_process: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     """A bucket with 48 ingested real photos and one tiny trained run."""
@@ -80,7 +96,7 @@ def rcfg(world: dict[str, Any]) -> PipelineConfig:
 
 
 def _keras_model(cfg: PipelineConfig, run_id: str) -> Any:
-    return serving.load_model(serving.run_model_uri(run_id), cfg).unwrap_python_model()._model
+    return serving.load_model(tracking.run_model_uri(run_id), cfg).unwrap_python_model()._model
 
 
 def _log_copy(cfg: PipelineConfig, keras_model: Any, manifest_version: str,
@@ -93,24 +109,19 @@ def _log_copy(cfg: PipelineConfig, keras_model: Any, manifest_version: str,
     if diverged:
         model = keras.models.clone_model(keras_model)
         model.set_weights([np.full_like(w, np.nan) for w in keras_model.get_weights()])
-    serving.use_tracking(cfg)
     mlflow.set_experiment(cfg.experiment_name)
     with mlflow.start_run(tags={"manifest_version": manifest_version}) as run:
-        serving.log_model(model, cfg)
+        model_package.log_model(model, cfg)
     return run.info.run_id
 
 
 def _versions(cfg: PipelineConfig) -> list[str]:
-    from mlflow.tracking import MlflowClient
-
-    found = MlflowClient().search_model_versions(f"name = '{cfg.registered_model}'")
+    found = tracking.client(cfg).search_model_versions(f"name = '{cfg.registered_model}'")
     return sorted((v.version for v in found), key=int)
 
 
 def _aliases(cfg: PipelineConfig) -> dict[str, str]:
-    from mlflow.tracking import MlflowClient
-
-    return {k: str(v) for k, v in MlflowClient().get_registered_model(
+    return {k: str(v) for k, v in tracking.client(cfg).get_registered_model(
         cfg.registered_model).aliases.items()}
 
 
@@ -118,9 +129,7 @@ def test_tiny_end_to_end(
     world: dict[str, Any], rcfg: PipelineConfig, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
+    client = tracking.client(rcfg)
     run1 = world["train"].run_id
     version = world["manifest_version"]
 
@@ -140,7 +149,7 @@ def test_tiny_end_to_end(
     assert sum(map(sum, ev1.challenger.confusion_matrix)) == ev1.n_test
     tags = client.get_run(run1).data.tags
     assert tags["evaluation.promote"] == "true"
-    assert f"{evaluate.EVALUATION_ARTIFACT}" in _all_artifacts(client, run1)
+    assert "evaluation/evaluation.json" in _all_artifacts(client, run1)
 
     p1 = registry.promote_if_better(rcfg, ev1, airflow_run_id="manual__t1")
     assert (p1.status, p1.version, p1.previous_version) == ("promoted", "1", None)
@@ -195,7 +204,8 @@ def test_tiny_end_to_end(
     test_image = manifest.fetch_images(
         world["s3"], rcfg, manifest.read_manifest(world["s3"], rcfg).split("test")[:1]
     )[0][0]
-    served = serving.predict_files(serving.champion_uri(rcfg), [test_image], rcfg)
+    served = serving.predict_files(tracking.champion_uri(rcfg.registered_model), [test_image],
+                                   rcfg)
     assert served.predictions[0].label in rcfg.classes
 
 
@@ -226,20 +236,18 @@ def test_promote_refuses_when_champion_changed_since_evaluation(
 def test_broken_champion_does_not_block_a_valid_challenger(
     world: dict[str, Any], rcfg: PipelineConfig, s3_server: local_services.Service
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
     keras_model = _keras_model(rcfg, world["train"].run_id)
     version = world["manifest_version"]
     first = _log_copy(rcfg, keras_model, version)
     registry.promote_if_better(rcfg, evaluate.evaluate_challenger(rcfg, first, s3=world["s3"]))
-    deleted = _delete_model_artifacts(rcfg, s3_server, MlflowClient(), "1")
+    deleted = _delete_model_artifacts(rcfg, s3_server, tracking.client(rcfg), "1")
     assert deleted > 0
 
     challenger = _log_copy(rcfg, keras_model, version)
     ev = evaluate.evaluate_challenger(rcfg, challenger, s3=world["s3"])
     assert ev.champion_version == "1" and ev.champion is None and ev.champion_error
     assert ev.promote and any("could not be evaluated" in r for r in ev.decision.reasons)
-    tags = MlflowClient().get_run(challenger).data.tags
+    tags = tracking.client(rcfg).get_run(challenger).data.tags
     assert tags["evaluation.champion_error"] == ev.champion_error
     promoted = registry.promote_if_better(rcfg, challenger)
     assert (promoted.status, promoted.version, promoted.previous_version) == ("promoted", "2", "1")

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, mwd_images
-from weather_tasks import config, local_services, serving
+from devtools import local_services
+from tests.support import REPO, mwd_images
+from weather_tasks import config, model_package, serving, tracking
 from weather_tasks.config import PipelineConfig
 
 pytestmark = pytest.mark.integration
@@ -44,30 +45,40 @@ def serve_cfg(mlflow_server: local_services.Service, tmp_path_factory) -> Pipeli
 
 
 @pytest.fixture(scope="module")
+def mlflow_process(serve_cfg: PipelineConfig) -> Iterator[None]:
+    """This process tracks to the session's MLflow server, set as an entry point sets it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.setenv(name, "")  # restored after the module
+        tracking.configure_process(serve_cfg)
+        yield
+
+
+@pytest.fixture(scope="module")
 def photos() -> list[Path]:
     images = mwd_images()
     return [images / name for name in PHOTOS]
 
 
 @pytest.fixture(scope="module")
-def champion(serve_cfg: PipelineConfig, photos: list[Path]) -> str:
-    """An (untrained) Model 3 logged by serving.log_model, registered, alias champion."""
+def champion(serve_cfg: PipelineConfig, photos: list[Path], mlflow_process: None) -> str:
+    """An (untrained) Model 3 logged by model_package.log_model, registered, alias champion."""
     import keras
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from weather_tasks import models
 
     keras.utils.set_random_seed(7)
-    serving.use_tracking(serve_cfg)
     mlflow.set_experiment(serve_cfg.experiment_name)
     with mlflow.start_run() as run:
-        uri = serving.log_model(models.build_model_3(serve_cfg.image_size), serve_cfg,
-                                str(photos[0]))
+        uri = model_package.log_model(models.build_model_3(serve_cfg.image_size), serve_cfg,
+                                      str(photos[0]))
     assert uri == f"runs:/{run.info.run_id}/model"
     mv = mlflow.register_model(uri, serve_cfg.registered_model)
-    MlflowClient().set_registered_model_alias(serve_cfg.registered_model, "champion", mv.version)
-    return serving.champion_uri(serve_cfg)
+    tracking.client(serve_cfg).set_registered_model_alias(
+        serve_cfg.registered_model, "champion", mv.version
+    )
+    return tracking.champion_uri(serve_cfg.registered_model)
 
 
 def _check_rows(frame: pd.DataFrame, classes: tuple[str, ...]) -> None:
@@ -106,6 +117,21 @@ def test_pyfunc_from_registry_takes_bytes_paths_and_reports_bad_rows(
     assert mixed.loc[0, "label"] == by_bytes.loc[0, "label"]
     assert mixed.loc[2, "label"] == by_bytes.loc[1, "label"]
     assert np.isnan(mixed.loc[1, f"prob_{serve_cfg.classes[0]}"])
+
+
+def test_models_load_from_the_configured_server_whatever_the_process_points_at(
+    serve_cfg: PipelineConfig, champion: str, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_model resolves models:/ and runs:/ URIs with cfg's server, not the process's."""
+    mv = tracking.client(serve_cfg).get_model_version_by_alias(
+        serve_cfg.registered_model, "champion"
+    )
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing answers
+    for uri in (champion, tracking.version_uri(serve_cfg.registered_model, mv.version),
+                tracking.run_model_uri(mv.run_id)):
+        out = serving.load_model(uri, serve_cfg).predict(pd.DataFrame({"path": [str(photos[0])]}))
+        _check_rows(out, serve_cfg.classes)
 
 
 def test_serving_preprocessing_matches_training_pipeline(

@@ -17,13 +17,21 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import mwd_images
-from weather_tasks import config, ingest, manifest, train
+from tests.support import mwd_images
+from weather_tasks import config, ingest, manifest, tracking, train
 from weather_tasks.config import PipelineConfig
 
 pytestmark = pytest.mark.integration
 
 PER_CLASS = 10
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_process(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """This process tracks to the session's MLflow server, set as an entry point sets it."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "")  # restored after the test
+    tracking.configure_process(config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url))
 
 
 @pytest.fixture
@@ -144,8 +152,8 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
     runs = client.search_runs([report.experiment_id])
     assert [r.info.run_id for r in runs] == [report.run_id]
 
-    # The logged model loads as a pyfunc and classifies real photos from their paths.
-    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    # The logged model loads as a pyfunc (as a downstream service loads it, with the process
+    # pointed at the tracking server) and classifies real photos from their paths.
     model = mlflow.pyfunc.load_model(report.model_uri)
     photos = sorted(photo_folder.iterdir())[:5]
     out = model.predict(pd.DataFrame({"path": [str(p) for p in photos]}))

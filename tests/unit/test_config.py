@@ -74,3 +74,69 @@ def test_env_names_cover_every_field() -> None:
     names = config.env_names()
     assert "WEATHER_BUCKET" in names and "WEATHER_MLFLOW_TRACKING_URI" in names
     assert len(names) == len(set(names))
+
+
+def test_model_too_large_for_the_image_size_is_a_config_error() -> None:
+    """A cross-field rule: caught when the config is built, before any run starts."""
+    with pytest.raises(ConfigError, match="WEATHER_IMAGE_SIZE.*model_2.*at least 96"):
+        config.from_env(environ={"WEATHER_MODEL": "model_2", "WEATHER_IMAGE_SIZE": "64"})
+    base = config.from_env(environ={"WEATHER_IMAGE_SIZE": "64"})
+    with pytest.raises(ConfigError, match="model_2"):
+        config.override(base, model="model_2")
+    assert config.override(base, model="model_2", image_size=96).image_size == 96
+
+
+def test_every_setting_is_declared_once() -> None:
+    """Help, type and default live on the field; env names, params and flags derive from it."""
+    declared = config.settings()
+    assert set(declared) == {f.removeprefix("WEATHER_").lower() for f in config.env_names()}
+    for name, (_, setting, _) in declared.items():
+        assert setting.help, name
+        assert not setting.commands or setting.per_run, name  # flags only for per-run settings
+
+
+def test_dag_params_come_from_the_declarations() -> None:
+    params = config.dag_params()
+    assert set(params) == set(config.per_run_settings())
+    assert params["epochs"]["minimum"] == 1 and params["epochs"]["maximum"] == 10_000
+    assert params["epochs"]["type"] == ["null", "integer"]
+    assert params["model"]["enum"] == [None, *config.MODELS]
+    assert params["force_retrain"] == {
+        "default": False, "type": "boolean", "title": "Force retraining",
+        "description": "Train even when ingest found no new images (on the latest manifest).",
+    }
+    assert "WEATHER_EPOCHS" in params["epochs"]["description"]
+
+
+def test_cli_flags_come_from_the_declarations() -> None:
+    train = dict(config.cli_flags("train"))
+    assert set(train) == {"--model", "--image-size", "--epochs", "--batch-size", "--precision"}
+    assert train["--epochs"]["type"] is int and "$WEATHER_EPOCHS" in train["--epochs"]["help"]
+    assert set(dict(config.cli_flags("evaluate"))) == {"--min-delta"}
+    assert config.cli_flags("ingest") == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("False", False), ("1", True), ("no", False)]
+)
+def test_switches_parse(raw: str, expected: bool) -> None:
+    assert config.from_env(environ={"WEATHER_FORCE_RETRAIN": raw}).force_retrain is expected
+
+
+def test_a_bad_switch_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="WEATHER_FORCE_RETRAIN"):
+        config.from_env(environ={"WEATHER_FORCE_RETRAIN": "maybe"})
+
+
+@pytest.mark.parametrize(("raw", "cron"), [("", "0 2 * * *"), ("none", None), ("Manual", None),
+                                           ("30 3 * * 1-5", "30 3 * * 1-5")])
+def test_schedule(raw: str, cron: str | None) -> None:
+    assert config.from_env(environ={"WEATHER_SCHEDULE": raw}).cron == cron
+
+
+def test_parse_time_reads_only_what_it_names() -> None:
+    """A bad training setting must fail its run, not hide the DAG: parse time ignores it."""
+    env = {"WEATHER_EPOCHS": "0", "WEATHER_REGISTERED_MODEL": "wc"}
+    assert config.from_env_only(("schedule", "registered_model"), env).registered_model == "wc"
+    with pytest.raises(ConfigError):
+        config.from_env(environ=env)

@@ -134,7 +134,7 @@ def test_bad_input_is_rejected(pairs_: list[tuple[str, str]], message: str) -> N
 
 def test_real_photos_decode_as_the_served_model_decodes_them() -> None:
     """JPEG, PNG and GIF photos named .jpg: the training pixels equal the serving pixels."""
-    from tests.conftest import mwd_images
+    from tests.support import mwd_images
 
     folder = mwd_images()
     names = ["cloudy1.jpg", "shine10.jpg", "sunrise1.jpg", "rain1.jpg",  # JPEG

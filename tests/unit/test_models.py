@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from weather_tasks import models
+from weather_tasks import config, models
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_parameter_counts_match_the_seed_at_250px(
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_output_is_a_float32_distribution_over_the_classes(name: str) -> None:
-    size = models.MIN_IMAGE_SIZE[name]
+    size = config.MIN_IMAGE_SIZE[name]
     model = models.build_model(name, size, 3)
     probs = keras.ops.convert_to_numpy(model(np.random.rand(2, size, size, 3).astype("float32")))
     assert probs.shape == (2, 3)
@@ -56,4 +56,4 @@ def test_unknown_model_name_is_rejected_with_the_choices() -> None:
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_too_small_image_size_is_rejected_by_name(name: str) -> None:
     with pytest.raises(ValueError, match=f"image_size .* too small for {name}"):
-        models.build_model(name, models.MIN_IMAGE_SIZE[name] - 1)
+        models.build_model(name, config.MIN_IMAGE_SIZE[name] - 1)

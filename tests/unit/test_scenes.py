@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.scenes import generate_scenes
 from weather_tasks.config import DEFAULT_CLASSES
-from weather_tasks.scenes import generate_scenes
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.corpus import BAD, GOOD, image_bytes
+from devtools.corpus import BAD, GOOD, image_bytes
 from weather_tasks import config
 from weather_tasks.validate import Rejected, validate_image
 

@@ -1,8 +1,9 @@
 """Local stand-ins for the production services, as real processes on 127.0.0.1.
 
 Used by the demo, the tests and the benchmarks: an S3 server (moto in server mode,
-spoken to over HTTP by boto3 exactly as AWS or MinIO would be) and an MLflow tracking
-server with its registry and artifacts on that S3 server. Nothing here is used in
+spoken to over HTTP by boto3 exactly as AWS or MinIO would be), an MLflow tracking
+server with its registry and artifacts on that S3 server, and a local Airflow's
+environment (a DAG night itself runs through ``devtools.night``). Nothing here is used in
 production, where the compose file (or AWS) provides the real thing.
 """
 
@@ -251,7 +252,7 @@ def airflow_env(
     import json
     import secrets
 
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[1]  # devtools/ is one level below the repo
     home = Path(home).resolve()
     conn = {
         "conn_type": "aws",
@@ -303,42 +304,3 @@ def run_airflow(
             f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     return proc
-
-
-@dataclass(frozen=True)
-class NightRun:
-    """One ``weather_retrain`` night run through ``dag.test()`` in a child process."""
-
-    returncode: int
-    summary: dict[str, object]  # the DAG file's WEATHER_NIGHT line: state, tasks, report, events
-    output: str  # everything the run printed (Airflow and task logs)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"returncode": self.returncode, **self.summary}
-
-
-def run_dag_night(
-    env: dict[str, str],
-    conf: dict[str, object] | None = None,
-    *,
-    cwd: Path,
-    timeout: float = 900,
-    dag_file: Path | None = None,
-) -> NightRun:
-    """``python dags/weather_retrain.py CONF`` under ``env`` (see :func:`airflow_env`)."""
-    import json
-
-    dag_file = dag_file or Path(__file__).resolve().parents[1] / "dags" / "weather_retrain.py"
-    proc = subprocess.run(
-        [sys.executable, str(dag_file), json.dumps(conf or {})],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WEATHER_NIGHT ")]
-    summary = json.loads(lines[-1].split(" ", 1)[1]) if lines else {"state": "crashed"}
-    return NightRun(returncode=proc.returncode, summary=summary, output=output)

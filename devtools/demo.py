@@ -4,8 +4,9 @@ What it starts, all on 127.0.0.1 and all under the state directory (default ``.d
 an S3 server (moto), an MLflow tracking server + registry (SQLite, artifacts on the S3
 server) and an Airflow home on SQLite. It uploads photos to ``incoming/`` (synthetic
 scenes by default, ``--images DIR`` for a real folder), then runs the real DAG
-``weather_retrain`` through ``dag.test()`` in a subprocess: the same task code a scheduler
-would run (ingest, short-circuit, train, evaluate, promote, report), not a shortcut.
+``weather_retrain`` through ``dag.test()`` in a subprocess (``devtools.night``): the same task
+code a scheduler would run (ingest, short-circuit, train, evaluate, promote, report), not a
+shortcut.
 
 Every invocation is one more night. The first uploads the initial set (plus a few bad files,
 to show quarantine); later ones add a few new images, so they show an incremental night
@@ -17,6 +18,9 @@ persistence), so after each night the demo mirrors every bucket into ``<state>/s
 start. Re-uploading the same bytes gives the same ETag (MD5 for single-part puts), and
 ingest decides "new" by key and ETag, so a restored bucket looks exactly as it was. The
 MLflow and Airflow databases are SQLite files in the state directory.
+
+``weather demo`` is this module's subcommand of the ``weather`` CLI, registered through the
+``weather.commands`` entry point (devtools/pyproject.toml) by :func:`register`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -40,12 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weather_tasks import config, local_services, storage
+from devtools import local_services
+from devtools import night as dag_night
+from weather_tasks import config, storage
 from weather_tasks.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
-DAG_ID = "weather_retrain"
-DAG_FILE = REPO / "dags" / "weather_retrain.py"
+DAG_ID = dag_night.DAG_ID
 MLFLOW_BUCKET = "mlflow-artifacts"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -159,6 +162,24 @@ class _Progress:
         print(f"      {text}", flush=True)
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """The ``weather demo`` subcommand (entry point group ``weather.commands``)."""
+    sp = subparsers.add_parser("demo", help="run the whole DAG end to end on local services")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("--images", default=None, help="upload this folder instead of synthetic scenes")
+    sp.add_argument("--state-dir", default=".demo", help="where the demo keeps its state")
+    sp.add_argument(
+        "--serve", action="store_true",
+        help="start the MLflow and Airflow UIs on the demo's state (Ctrl-C stops them)",
+    )
+    sp.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(cfg: PipelineConfig, args: argparse.Namespace) -> DemoReport | dict[str, Any]:
+    """The CLI handler: the demo builds its own config (demo defaults, then ``WEATHER_*``)."""
+    return run_demo(args)
+
+
 def run_demo(args: argparse.Namespace) -> DemoReport | dict[str, Any]:
     """One demo night (or, with ``--serve``, the UIs on the demo's state until Ctrl-C)."""
     settings = DemoSettings()
@@ -234,7 +255,7 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
         progress.done(t, f"{uploaded} files to s3://{cfg.bucket}/{cfg.incoming_prefix} ({what})")
 
         t = progress.step(f"Run the DAG {DAG_ID} (dag.test(): the real tasks, in order)")
-        result = _run_dag(env, state_dir / "airflow" / "airflow.db", logs / f"night-{night}.log")
+        result = _run_dag(env, logs / f"night-{night}.log")
         progress.done(t, f"DAG run {result.get('run_id')}: {result.get('state')}")
 
         t = progress.step("Save S3 state")
@@ -404,7 +425,8 @@ def _upload_night(
     images: str | None, night: int,
 ) -> tuple[int, str]:
     """Stage this night's files in ``<state>/uploads/night-N`` and upload them."""
-    from weather_tasks import ingest, scenes
+    from devtools import scenes
+    from weather_tasks import ingest
 
     folder = state_dir / "uploads" / f"night-{night}"
     if folder.exists():
@@ -475,91 +497,17 @@ def _stage_bad_files(folder: Path, made: list[Path]) -> int:
 # --- the DAG run ---------------------------------------------------------------------------------
 
 
-def _run_dag(env: dict[str, str], db: Path, log_path: Path) -> dict[str, Any]:
-    """``python dags/weather_retrain.py`` (dag.test()), with progress read from Airflow's DB."""
-    before = _latest_run_id(db)
-    started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(DAG_FILE), json.dumps({})],
-            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-        seen: dict[str, str] = {}
-        epoch_seen = ""
-        while proc.poll() is None:
-            time.sleep(2)
-            for task, ti_state in _task_states(db, before).items():
-                if ti_state and seen.get(task) != ti_state:
-                    seen[task] = ti_state
-                    _Progress.info(f"[{time.monotonic() - started:5.0f}s] {task:<13} {ti_state}")
-            epoch = _last_epoch(log_path)
-            if epoch and epoch != epoch_seen and seen.get("train") == "running":
-                epoch_seen = epoch
-                _Progress.info(f"[{time.monotonic() - started:5.0f}s] {'train':<13} {epoch}")
-    for task, ti_state in _task_states(db, before).items():
-        if ti_state and seen.get(task) != ti_state:
-            _Progress.info(f"[{time.monotonic() - started:5.0f}s] {task:<13} {ti_state}")
-    text = log_path.read_text(errors="replace")
-    lines = [ln for ln in text.splitlines() if ln.startswith("WEATHER_NIGHT ")]
-    if not lines:
-        tail = "\n".join(text.splitlines()[-40:])
-        raise RuntimeError(f"the DAG run printed no result (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1][len("WEATHER_NIGHT "):])
+def _run_dag(env: dict[str, str], log_path: Path) -> dict[str, Any]:
+    """One night through :func:`devtools.night.run_night`, task states and epochs as they come."""
 
+    def show(p: dag_night.NightProgress) -> None:
+        _Progress.info(f"[{p.seconds:5.0f}s] {p.task:<13} {p.what}")
 
-def _db_query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute(sql, params).fetchall()
-    except sqlite3.Error:  # locked by the writer or not migrated yet: try on the next poll
-        return []
-
-
-def _latest_run_id(db: Path) -> int:
-    rows = _db_query(db, "SELECT max(id) FROM dag_run WHERE dag_id = ?", (DAG_ID,))
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
-
-
-def _task_states(db: Path, after_id: int) -> dict[str, str | None]:
-    rows = _db_query(
-        db,
-        "SELECT ti.task_id, ti.state FROM task_instance ti JOIN dag_run dr "
-        "ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id "
-        "WHERE dr.dag_id = ? AND dr.id = (SELECT max(id) FROM dag_run WHERE dag_id = ?) "
-        "AND dr.id > ?",
-        (DAG_ID, DAG_ID, after_id),
-    )
-    order = ["ingest", "anything_new", "train", "evaluate", "promote", "report"]
-    return dict(sorted(rows, key=lambda r: order.index(r[0]) if r[0] in order else 99))
-
-
-_EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
-_VAL = re.compile(r"val_accuracy: ([0-9.]+)")
-
-
-def _last_epoch(log_path: Path) -> str:
-    """The last finished Keras epoch in the log ("epoch 3/15, val_accuracy 0.81")."""
-    try:
-        with log_path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 20_000))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    epochs = list(_EPOCH.finditer(tail))
-    if not epochs:
-        return ""
-    last = epochs[-1]
-    val = _VAL.search(tail, last.end())
-    if val is None:  # still inside that epoch: report the previous one, if any
-        if len(epochs) < 2:
-            return ""
-        last = epochs[-2]
-        val = _VAL.search(tail, last.end())
-    return f"epoch {last.group(1)}/{last.group(2)}, val_accuracy {float(val.group(1)):.3f}" if val \
-        else ""
+    run = dag_night.run_night(env, {}, log_path=log_path, cwd=REPO, on_progress=show)
+    if run.crashed:
+        tail = "\n".join(run.output.splitlines()[-40:])
+        raise RuntimeError(f"the DAG run printed no result (exit {run.returncode}):\n{tail}")
+    return run.summary
 
 
 # --- printing --------------------------------------------------------------------------------

@@ -1,21 +1,12 @@
-"""The promotion rule and the evaluation metrics, as tables (no services)."""
+"""The promotion rule and McNemar's exact test, as tables (no services)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from weather_tasks import config
-from weather_tasks.evaluate import (
-    ClassMetrics,
-    Decision,
-    EvalReport,
-    Metrics,
-    compute_metrics,
-    decide,
-    mcnemar_exact_p,
-)
+from weather_tasks.metrics import ClassMetrics, Metrics
+from weather_tasks.policy import decide, mcnemar_exact_p
 
 CLASSES = ("shine", "sunrise", "cloudy", "rain")
 
@@ -73,21 +64,6 @@ def test_decide(
     assert any(reason_has in r for r in decision.reasons), decision.reasons
 
 
-def test_compute_metrics_counts_and_failed_rows() -> None:
-    classes = ["a", "b"]
-    y = ["a", "a", "b", "b"]
-    probs = [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [math.nan, math.nan]]
-    m = compute_metrics(y, probs, classes)
-    assert m.accuracy == pytest.approx(0.5)
-    assert m.n == 4 and m.n_errors == 1
-    assert m.confusion_matrix == ((1, 1), (0, 1))  # the failed row is in no predicted column
-    assert m.per_class["a"].recall == pytest.approx(0.5)
-    assert m.per_class["b"].recall == pytest.approx(0.5)
-    assert m.per_class["b"].precision == pytest.approx(0.5)
-    expected = -(math.log(0.9) + math.log(0.2) + math.log(0.7) + math.log(0.5)) / 4
-    assert m.log_loss == pytest.approx(expected)
-
-
 @pytest.mark.parametrize(
     ("chal", "champ", "low", "high"),
     [
@@ -98,15 +74,3 @@ def test_compute_metrics_counts_and_failed_rows() -> None:
 )
 def test_mcnemar_exact(chal: list[bool], champ: list[bool], low: float, high: float) -> None:
     assert low <= mcnemar_exact_p(chal, champ) <= high
-
-
-def test_eval_report_round_trips_through_dict() -> None:
-    report = EvalReport(
-        run_id="r1", model_uri="runs:/r1/model", manifest_version="v000002", n_test=40,
-        challenger=metrics(0.9), champion=metrics(0.8), champion_version="3",
-        champion_run_id="r0", champion_error=None, mcnemar_p=0.04,
-        decision=Decision(True, ["better"]),
-    )
-    again = EvalReport.from_dict(report.as_dict())
-    assert again.as_dict() == report.as_dict()
-    assert again.promote and again.champion_version == "3"

@@ -1,0 +1,211 @@
+"""The MLflow contract: every name one module writes and another reads, and how to reach MLflow.
+
+One home for what would otherwise be spelled in several places (TFX's Pusher reads the
+Evaluator's blessing by a name defined once):
+
+- registry aliases (``champion``, ``previous``), the model's artifact name in a run, the
+  artifact paths of reports and plots, the run and model-version tags read across modules;
+- URI builders (``runs:/``, ``models:/``) and the champion Asset's name and URI;
+- the explicit client (:func:`client`), the not-found lookup of an alias
+  (:func:`alias_version`) and the alias move (:func:`move_champion`);
+- the MLflow UI's base URL and run page (:func:`ui_url`, :func:`run_url`).
+
+Process-wide MLflow state: MLflow's fluent API (``start_run``, ``log_model``,
+``register_model``) reads the tracking URI from the process. Only entry points set it, once,
+with :func:`configure_process` (the CLI's ``main``, the start of each DAG task, a test
+fixture); library functions never do. Every read and registry call uses an explicit
+``client(cfg)`` instead.
+
+Stdlib-only and cheap to import (DAG files import it at parse time): mlflow is imported inside
+the functions that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import weather_tasks
+from weather_tasks.config import PipelineConfig, PipelineError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+# --- registry aliases -----------------------------------------------------------------------
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+# --- artifacts of a training run ------------------------------------------------------------
+MODEL_ARTIFACT = "model"  # the pyfunc model: runs:/<run_id>/model
+TRAIN_REPORT_ARTIFACT = "reports/train_report.json"  # last file of a complete training
+VAL_REPORT_ARTIFACT = "reports/val_class_report.json"
+EVALUATION_ARTIFACT = "evaluation/evaluation.json"  # evaluate writes, registry reads
+LEARNING_CURVE_PLOT = "plots/learning_curve.png"
+CONFUSION_MATRIX_VAL_PLOT = "plots/confusion_matrix_val.png"
+
+# --- tags on a training run (train writes; evaluate and train's idempotency check read) ------
+MANIFEST_VERSION_TAG = "manifest_version"
+AIRFLOW_RUN_ID_TAG = "airflow_run_id"
+SETTINGS_DIGEST_TAG = "training_settings_sha256"
+
+# --- tags evaluate writes on the challenger's run ---------------------------------------------
+EVAL_PROMOTE_TAG = "evaluation.promote"
+EVAL_REASONS_TAG = "evaluation.reasons"
+EVAL_MANIFEST_VERSION_TAG = "evaluation.manifest_version"
+EVAL_CHAMPION_VERSION_TAG = "evaluation.champion_version"
+EVAL_CHAMPION_ERROR_TAG = "evaluation.champion_error"
+
+# --- tags on a registered model version (registry writes, the plugin's page reads) -----------
+VERSION_ACCURACY_TAG = "accuracy"
+VERSION_MANIFEST_VERSION_TAG = "manifest_version"
+VERSION_RUN_ID_TAG = "run_id"
+VERSION_AIRFLOW_RUN_ID_TAG = "airflow_run_id"
+VERSION_PROMOTED_AT_TAG = "promoted_at"
+
+# What MLflow answers for "no such model / alias" (the REST store, SQL store and file store
+# spell it differently).
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+class TrackingError(PipelineError):
+    """MLflow is not set up for this config in this process (see :func:`configure_process`)."""
+
+
+# --- URIs -------------------------------------------------------------------------------------
+def champion_uri(name: str) -> str:
+    """``models:/<name>@champion``: what downstream services load."""
+    return f"models:/{name}@{CHAMPION}"
+
+
+def run_model_uri(run_id: str) -> str:
+    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+
+def version_uri(name: str, version: str | int) -> str:
+    return f"models:/{name}/{version}"
+
+
+def champion_asset_name(model: str) -> str:
+    """The Airflow Asset downstream DAGs schedule on, named after the registered model."""
+    return f"{model}-champion"
+
+
+def champion_asset_uri(model: str) -> str:
+    return f"mlflow://models/{model}"
+
+
+# --- process state and clients ----------------------------------------------------------------
+def configure_process(cfg: PipelineConfig) -> None:
+    """Point this process's MLflow (and its child processes) at ``cfg``'s tracking server.
+
+    Called by entry points only. Environment variables rather than MLflow's setter functions:
+    no mlflow import, and subprocesses inherit them. (A URI set through MLflow's setter earlier
+    in the process would still win over them; nothing in this project sets one.)
+    """
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow_tracking_uri
+    os.environ["MLFLOW_REGISTRY_URI"] = cfg.mlflow_tracking_uri
+
+
+def check_process(cfg: PipelineConfig) -> None:
+    """Refuse to log with MLflow's fluent API to anything but ``cfg``'s tracking server."""
+    import mlflow
+
+    current = mlflow.get_tracking_uri()
+    if current != cfg.mlflow_tracking_uri:
+        raise TrackingError(
+            f"MLflow in this process tracks to {current!r}, not to the configured "
+            f"{cfg.mlflow_tracking_uri!r}; the entry point must call "
+            "weather_tasks.tracking.configure_process(cfg) first"
+        )
+
+
+def client(cfg: PipelineConfig) -> MlflowClient:
+    """An ``MlflowClient`` for ``cfg``'s tracking server and registry (same server)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.mlflow_tracking_uri)
+
+
+def alias_model_version(
+    mlflow_client: MlflowClient, name: str, alias: str
+) -> ModelVersion | None:
+    """The model version holding ``alias``, or None (no such model or alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def alias_version(mlflow_client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version number holding ``alias``, or None."""
+    mv = alias_model_version(mlflow_client, name, alias)
+    return None if mv is None else str(mv.version)
+
+
+def move_champion(
+    mlflow_client: MlflowClient, name: str, version: str, current: str | None
+) -> None:
+    """Make ``version`` the champion; the ``current`` champion (if any) becomes ``previous``.
+
+    ``previous`` first: a crash between the two calls leaves the champion untouched (the
+    alias a crash could leave stale is the less important one).
+    """
+    if current is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def load_run_dict(mlflow_client: MlflowClient, run_id: str, path: str) -> dict[str, Any]:
+    """A JSON artifact of a run, read through ``mlflow_client`` (raises if it is missing)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="weather-artifact-") as tmp:
+        local = mlflow_client.download_artifacts(run_id, path, tmp)
+        return json.loads(Path(local).read_text())
+
+
+# --- the MLflow UI ----------------------------------------------------------------------------
+def ui_url(cfg: PipelineConfig) -> str:
+    """Where people open the MLflow UI (``mlflow_ui_url``, else the tracking URI), no final /."""
+    return (cfg.mlflow_ui_url or cfg.mlflow_tracking_uri).rstrip("/")
+
+
+def ui_run_url(base: str, run_id: str) -> str:
+    """A run's page under the UI at ``base`` (the UI resolves the experiment from the run)."""
+    return f"{base}/#/runs/{urllib.parse.quote(run_id)}"
+
+
+def ui_model_url(base: str, name: str) -> str:
+    """A registered model's page under the UI at ``base``."""
+    return f"{base}/#/models/{name}"
+
+
+def run_url(cfg: PipelineConfig, run_id: str) -> str:
+    return ui_run_url(ui_url(cfg), run_id)
+
+
+# --- provenance -------------------------------------------------------------------------------
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    version = weather_tasks.__version__
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}" if sha else version
