@@ -24,12 +24,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from devtools import latency, local_services
+from weather_tasks import config, model_package, tracking
+from weather_tasks.config import PipelineConfig
 
-from devtools import latency, local_services  # noqa: E402
-from weather_tasks import config, model_package, tracking  # noqa: E402
-from weather_tasks.config import PipelineConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MWD = REPO.parent / "shared" / "datasets" / "mwd" / "images"
 
