@@ -79,6 +79,24 @@ def _tier(item: pytest.Item) -> str | None:
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
+# MLflow's process-wide settings, which entry points set (``tracking.configure_process``).
+_MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_process_env() -> Iterator[None]:
+    """A test that plays an entry point (a DAG task's ``run_config``, the CLI's ``main``) sets
+    MLflow's process-wide variables; put them back so that the next test, and the child
+    processes it starts, never inherit another test's tracking server."""
+    saved = {k: os.environ.get(k) for k in _MLFLOW_PROCESS_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _local_aws_env() -> Iterator[None]:
     """Dummy credentials for the local S3 server; never real ones."""

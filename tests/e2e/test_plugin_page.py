@@ -52,12 +52,10 @@ def _png(text: str, colour: str) -> bytes:
 @pytest.fixture(scope="module")
 def registered_model(mlflow_server: local_services.Service, tmp_path_factory) -> dict:
     """Two versions as the pipeline registers them: tags, plots, champion/previous aliases."""
-    import mlflow
     from mlflow import MlflowClient
 
     name = f"weather-ui-{uuid.uuid4().hex[:8]}"
     client = MlflowClient(tracking_uri=mlflow_server.url)
-    mlflow.set_tracking_uri(mlflow_server.url)
     exp_id = client.create_experiment(f"ui-{uuid.uuid4().hex[:8]}")
     client.create_registered_model(name)
     work = tmp_path_factory.mktemp("ui-artifacts")
