@@ -193,7 +193,12 @@ def read_evaluation(cfg: PipelineConfig, run_id: str) -> EvalReport:
 
 
 def _predict_probs(model: Any, paths: Sequence[str], classes: Sequence[str]) -> Any:
-    """(n, classes) probabilities in ``classes`` order; NaN rows for images the model failed on."""
+    """(n, classes) probabilities in ``classes`` order; NaN rows for images the model failed on.
+
+    A failed row comes back with None probabilities (``serving.predictions_frame`` reads the
+    files, the model takes bytes); as NaN, :func:`weather_tasks.metrics.compute_metrics` counts
+    it as wrong.
+    """
     import numpy as np
 
     frame = serving.predictions_frame(model, paths)
@@ -202,7 +207,7 @@ def _predict_probs(model: Any, paths: Sequence[str], classes: Sequence[str]) -> 
         raise EvaluationError(
             f"model output lacks classes {missing} (columns {list(frame.columns)})"
         )
-    return np.asarray(frame[[f"prob_{c}" for c in classes]], dtype=np.float64)
+    return frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _correct(probs: Any, y_true: Sequence[str], classes: Sequence[str]) -> list[bool]:

@@ -4,10 +4,11 @@ The model is logged as MLflow "model from code" (``serving_model.py``): it decod
 (with :mod:`weather_tasks.image_spec`) and rescales inside, so downstream services only do::
 
     mlflow.pyfunc.load_model("models:/weather-classifier@champion").predict(
-        pd.DataFrame({"image": [jpeg_bytes]})   # or {"path": ["/data/x.jpg"]}
+        pd.DataFrame({"image": [jpeg_bytes]})   # bytes only: the model reads no files
     )
 
-and get ``label``, ``prob_<class>`` and ``error`` per row. The Keras model travels as a
+and get ``label``, ``prob_<class>``, ``error`` and ``error_code`` per row (a failed row: None
+label and probabilities, a message and a stable code). The Keras model travels as a
 ``.keras`` artifact; classes, image size and the resize as the model config, so the model alone
 knows how to preprocess. Logged into the active run (MLflow's fluent API, so the process must
 be configured: :func:`weather_tasks.tracking.configure_process`).
@@ -65,21 +66,24 @@ def log_model(keras_model: Any, cfg: PipelineConfig, input_example_path: str | N
 
 
 def model_signature(cfg: PipelineConfig) -> Any:
-    """Inputs: optional ``image`` (binary) and ``path`` (string); outputs: label, probs, error."""
+    """Input: the required ``image`` (binary) column, nothing else; outputs: label, probs, error,
+    error_code.
+
+    No ``path`` input: behind ``mlflow models serve`` a path names a file on the server chosen by
+    the client (a probe of its file system), and the model cannot tell REST from in process.
+    MLflow enforces this signature: a request without ``image`` is answered 400, and columns the
+    signature does not name are dropped before the model sees them.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema(
-        [
-            ColSpec("binary", "image", required=False),
-            ColSpec("string", "path", required=False),
-        ]
-    )
+    inputs = Schema([ColSpec("binary", "image")])
     outputs = Schema(
         [
             ColSpec("string", "label", required=False),
             *(ColSpec("double", f"prob_{c}", required=False) for c in cfg.classes),
             ColSpec("string", "error", required=False),
+            ColSpec("string", "error_code", required=False),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

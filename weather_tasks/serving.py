@@ -1,7 +1,9 @@
 """The serving client: load a logged pyfunc model from MLflow and classify image files.
 
 The model (logged by :mod:`weather_tasks.model_package`) decodes and preprocesses inside, so
-this side only reads files and frames: no TensorFlow import here, nothing of training.
+this side only reads files and frames: no TensorFlow import here, nothing of training. The model
+takes image bytes only (it reads no files, so a REST client cannot make the server read one):
+files are read here, and a file that cannot be read gets its own per-row error.
 
 Models are loaded through an explicit tracking server (``cfg``), never the process's global
 MLflow state: MLflow resolves ``models:/`` and ``runs:/`` model URIs against the *process's*
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The per-row error code of a file this side could not read; the model's codes
+# (``serving_model.ERROR_CODES``) cover everything after the bytes reach it.
+UNREADABLE = "unreadable"
+# Files read and sent per ``model.predict`` call: bounds the bytes held in memory at once.
+_FILES_PER_CALL = 256
+
 
 @dataclass(frozen=True)
 class ImagePrediction:
@@ -36,6 +44,7 @@ class ImagePrediction:
     label: str | None
     probabilities: dict[str, float] | None
     error: str | None = None
+    error_code: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +52,7 @@ class ImagePrediction:
             "label": self.label,
             "probabilities": self.probabilities,
             "error": self.error,
+            "error_code": self.error_code,
         }
 
 
@@ -68,7 +78,7 @@ class PredictReport:
         lines = [f"model: {self.model_uri}"]
         for p in self.predictions:
             if p.error:
-                lines.append(f"{p.path}: ERROR {p.error}")
+                lines.append(f"{p.path}: ERROR ({p.error_code}) {p.error}")
             else:
                 probs = "  ".join(f"{c}={v:.3f}" for c, v in (p.probabilities or {}).items())
                 lines.append(f"{p.path}: {p.label}  ({probs})")
@@ -90,10 +100,46 @@ def load_model(model_uri: str, cfg: PipelineConfig) -> Any:
 
 
 def predictions_frame(model: Any, paths: Sequence[str | Path]) -> Any:
-    """The model's output DataFrame for image files (read by the model itself)."""
+    """The model's output DataFrame for image files, one row per path in order.
+
+    The files are read here and sent as bytes. A file that cannot be read gets a row like any
+    failed image: label and probabilities None, ``error`` saying why, ``error_code``
+    ``unreadable``; the other files are still classified.
+    """
     import pandas as pd
 
-    return model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
+    frames = []
+    for start in range(0, len(paths), _FILES_PER_CALL):
+        frames.append(_predict_chunk(model, paths[start : start + _FILES_PER_CALL]))
+    if not frames:
+        return _predict_chunk(model, [])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _predict_chunk(model: Any, paths: Sequence[str | Path]) -> Any:
+    import pandas as pd
+
+    blobs: list[bytes] = []
+    read: list[int] = []
+    unreadable: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            blobs.append(Path(path).read_bytes())
+            read.append(i)
+        except OSError as exc:
+            unreadable[i] = f"cannot read {path}: {exc.strerror or exc}"
+    out = model.predict(pd.DataFrame({"image": pd.Series(blobs, dtype=object)}))
+    columns = list(out.columns)
+    if "error_code" not in columns:  # a model logged before error codes existed
+        columns.append("error_code")
+    # object columns of None: a failed row reads as None whatever the model's dtypes.
+    frame = pd.DataFrame({c: pd.Series([None] * len(paths), dtype=object) for c in columns})
+    for c in out.columns:
+        frame.loc[read, c] = out[c].astype(object).where(out[c].notna(), None).to_numpy()
+    for i, message in unreadable.items():
+        frame.at[i, "error"] = message
+        frame.at[i, "error_code"] = UNREADABLE
+    return frame
 
 
 def predict_files(
@@ -105,8 +151,10 @@ def predict_files(
     classes = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]
     preds = []
     for path, row in zip(paths, frame.to_dict("records"), strict=True):
-        if isinstance(row.get("error"), str) and row["error"]:  # NaN/None: no error
-            preds.append(ImagePrediction(str(path), None, None, str(row["error"])))
+        if isinstance(row.get("error"), str) and row["error"]:  # None: no error
+            code = row.get("error_code")
+            preds.append(ImagePrediction(str(path), None, None, str(row["error"]),
+                                         str(code) if code else None))
         else:
             probs = {c: float(row[f"prob_{c}"]) for c in classes}
             preds.append(ImagePrediction(str(path), str(row["label"]), probs))

@@ -1,17 +1,24 @@
-"""The MLflow pyfunc model that downstream services load: raw images in, label + probabilities out.
+"""The MLflow pyfunc model that downstream services load: image bytes in, label + probabilities out.
 
 This file is logged with every model as MLflow "model from code": MLflow copies it into the
 model directory and executes it at load time, so a consumer needs only mlflow and the model's
 own requirements (keras + its backend, pillow, numpy, pandas), never ``weather_tasks``. That is
 why it imports nothing from this package and keeps Keras lazy (inside ``load_context``).
 
-Input: a DataFrame with a column ``image`` (raw image bytes, or base64 text as carried by the
-REST ``/invocations`` JSON) and/or a column ``path`` (file paths); per row the image wins when
-both are set. Decoding (by content, any format Pillow reads, first frame of a GIF, converted to
-RGB), resizing to the training size and rescaling by 1/255 happen here, so callers never
-preprocess. Output: one row per input row with ``label``, ``prob_<class>`` for every class and
-``error``: an undecodable image gets its error text and empty label/probabilities instead of
-failing the whole batch.
+Input: a DataFrame with one column, ``image``: raw image bytes (the REST scoring server decodes
+the base64 that JSON carries; base64 text is also accepted in process). The model reads no
+files: behind ``mlflow models serve`` a file path would be the *client's* choice of a file on the
+*server*, and the model cannot tell a REST call from an in-process one, so callers read their
+files and send bytes. A frame without ``image``, or with any other column, is a malformed
+request (``MlflowException`` INVALID_PARAMETER_VALUE, which the scoring server answers with 400;
+through the logged signature MLflow itself rejects a missing ``image`` and drops unknown columns
+before the model sees them).
+
+Decoding (by content, any format Pillow reads, first frame of a GIF, converted to RGB), resizing
+to the training size and rescaling by 1/255 happen here, so callers never preprocess. Output: one
+row per input row with ``label``, ``prob_<class>`` for every class, ``error`` (a message) and
+``error_code`` (stable, for programs: see ``ERROR_CODES``). A bad image is a per-row error, not
+a failed batch: its label and probabilities are None (JSON null; NaN is not valid JSON).
 """
 
 from __future__ import annotations
@@ -20,15 +27,33 @@ import base64
 import binascii
 import io
 import math
+import re
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 # Prediction batch size: large enough to amortize the call, small enough for any host's memory.
 _BATCH = 32
+
+# Per-row error codes: part of the served contract, so never renamed.
+EMPTY = "empty"  # null, NaN or zero-length image
+NOT_BYTES = "not_bytes"  # neither bytes nor base64 text
+UNDECODABLE = "undecodable"  # Pillow cannot decode the bytes as an image
+NON_FINITE = "non_finite"  # the model returned NaN/inf (a diverged model is no answer)
+ERROR_CODES = (EMPTY, NOT_BYTES, UNDECODABLE, NON_FINITE)
+
+
+class RowError(Exception):
+    """One row cannot be classified: a stable ``code`` and a message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class WeatherClassifier(PythonModel):
@@ -46,44 +71,40 @@ class WeatherClassifier(PythonModel):
         self._model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
 
     # No type hints on predict: MLflow would try to derive (and enforce) a schema from them;
-    # the logged signature is the contract instead.
+    # the logged signature is the contract instead. ``params`` is ignored: the scoring server
+    # passes a client's params through, so they can carry nothing the server should trust.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        frame = _as_frame(model_input)
-        n = len(frame)
-        columns = ["label", *(f"prob_{c}" for c in self.classes), "error"]
+        images = _image_column(model_input)
+        n = len(images)
         labels: list[str | None] = [None] * n
-        probs = np.full((n, len(self.classes)), np.nan, dtype=np.float64)
+        probs: list[list[float] | None] = [None] * n
         errors: list[str | None] = [None] * n
+        codes: list[str | None] = [None] * n
 
-        arrays: list[np.ndarray] = []
-        rows: list[int] = []
-        for i, (data, origin) in enumerate(_sources(frame)):
-            try:
-                if data is None:
-                    raise ValueError(origin)
-                arrays.append(self._preprocess(data))
-                rows.append(i)
-            except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
-                errors[i] = f"{type(exc).__name__}: {exc}"
-
-        for start in range(0, len(arrays), _BATCH):
-            batch = np.stack(arrays[start : start + _BATCH])
-            out = self._predict_batch(batch)
-            for j, row in enumerate(rows[start : start + _BATCH]):
+        # Preprocess one batch at a time: memory stays bounded whatever the request size.
+        for start in range(0, n, _BATCH):
+            arrays: list[np.ndarray] = []
+            rows: list[int] = []
+            for i in range(start, min(start + _BATCH, n)):
+                try:
+                    arrays.append(self._preprocess(image_bytes(images[i])))
+                    rows.append(i)
+                except RowError as exc:
+                    errors[i], codes[i] = exc.message, exc.code
+                except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
+                    errors[i], codes[i] = _decode_error(exc), UNDECODABLE
+            if not arrays:
+                continue
+            out = self._predict_batch(np.stack(arrays))
+            for j, row in enumerate(rows):
                 if not np.isfinite(out[j]).all():
                     # A diverged model (NaN weights) must not look like a confident answer.
-                    errors[row] = "ModelError: non-finite probabilities"
+                    errors[row] = "the model returned non-finite probabilities"
+                    codes[row] = NON_FINITE
                     continue
-                probs[row] = out[j]
+                probs[row] = [float(p) for p in out[j]]
                 labels[row] = self.classes[int(np.argmax(out[j]))]
-
-        # dtype=object keeps None as None (JSON null over REST); pandas 3's default string
-        # dtype would turn it into NaN.
-        result = pd.DataFrame({"label": pd.Series(labels, dtype=object)})
-        for k, c in enumerate(self.classes):
-            result[f"prob_{c}"] = probs[:, k]
-        result["error"] = pd.Series(errors, dtype=object)
-        return result[columns]
+        return result_frame(self.classes, labels, probs, errors, codes)
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Pad to the next power of two so the compiled predict function is traced at most
@@ -118,63 +139,72 @@ class WeatherClassifier(PythonModel):
         return np.clip(np.round(resized), 0.0, 255.0) / 255.0
 
 
-def _as_frame(model_input: Any) -> pd.DataFrame:
-    if isinstance(model_input, pd.DataFrame):
-        return model_input
+def result_frame(
+    classes: list[str],
+    labels: list[str | None],
+    probs: list[list[float] | None],
+    errors: list[str | None],
+    codes: list[str | None],
+) -> pd.DataFrame:
+    """The output frame: ``label``, ``prob_<class>``..., ``error``, ``error_code``.
+
+    Every column has dtype object holding Python values or None, so a failed row serializes as
+    JSON null: a float column would hold NaN, which the scoring server writes as the bare token
+    ``NaN`` (not JSON), and pandas' default string dtype would turn None into NaN as well.
+    """
+    out = {"label": pd.Series(labels, dtype=object)}
+    for k, c in enumerate(classes):
+        out[f"prob_{c}"] = pd.Series([None if p is None else p[k] for p in probs], dtype=object)
+    out["error"] = pd.Series(errors, dtype=object)
+    out["error_code"] = pd.Series(codes, dtype=object)
+    return pd.DataFrame(out)
+
+
+def _decode_error(exc: Exception) -> str:
+    """The message of a decoding failure, without the memory address of the buffer Pillow names
+    ("cannot identify image file <_io.BytesIO object at 0x...>"): the same bytes give the same
+    answer, and the server's addresses stay its own."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", f"{type(exc).__name__}: {exc}")
+
+
+def _malformed(message: str) -> MlflowException:
+    """A request the model cannot take at all: the scoring server answers 400 with ``message``."""
+    return MlflowException.invalid_parameter_value(message)
+
+
+def _image_column(model_input: Any) -> list[Any]:
+    """The ``image`` values; a frame of any other shape is a malformed request, not a row error."""
     if isinstance(model_input, dict):
-        return pd.DataFrame(model_input)
-    raise TypeError(
-        "expected a DataFrame with an 'image' (bytes) or 'path' (file path) column, "
-        f"got {type(model_input).__name__}"
-    )
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str | bytes | bytearray) and len(value) == 0
-
-
-def _sources(frame: pd.DataFrame) -> list[tuple[bytes | None, str]]:
-    """Per row: (image bytes or None, origin or the reason there are none)."""
-    if "image" not in frame.columns and "path" not in frame.columns:
-        raise ValueError(
-            f"input needs an 'image' or 'path' column, got columns {list(frame.columns)}"
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame):
+        kind = type(model_input).__name__
+        raise _malformed(f"expected a DataFrame with one column 'image' (bytes), got {kind}")
+    columns = [str(c) for c in model_input.columns]
+    if columns != ["image"]:
+        raise _malformed(
+            "expected one column 'image' (image bytes; the model reads no files), "
+            f"got columns {columns}"
         )
-    images = frame["image"] if "image" in frame.columns else [None] * len(frame)
-    paths = frame["path"] if "path" in frame.columns else [None] * len(frame)
-    out: list[tuple[bytes | None, str]] = []
-    for image, path in zip(images, paths, strict=True):
-        if not _missing(image):
-            try:
-                out.append((_image_bytes(image), "image"))
-            except ValueError as exc:
-                out.append((None, str(exc)))
-        elif not _missing(path):
-            try:
-                with open(str(path), "rb") as f:
-                    out.append((f.read(), str(path)))
-            except OSError as exc:
-                out.append((None, f"cannot read {path}: {exc.strerror or exc}"))
-        else:
-            out.append((None, "row has neither 'image' nor 'path'"))
-    return out
+    return list(model_input["image"])
 
 
-def _image_bytes(value: Any) -> bytes:
-    """Raw bytes as given, or base64 text (what JSON carries) decoded."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
+def image_bytes(value: Any) -> bytes:
+    """One row's image: raw bytes as given, or base64 text decoded; a :class:`RowError` if none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        raise RowError(EMPTY, "no image in this row")
     if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        return value.tobytes()
+        value = value.tobytes()
     if isinstance(value, str):
         try:
-            return base64.b64decode(value, validate=False)
+            value = base64.b64decode(value, validate=False)
         except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"'image' is text but not base64: {exc}") from exc
-    raise ValueError(f"'image' must be bytes or base64 text, got {type(value).__name__}")
+            raise RowError(NOT_BYTES, f"'image' is text but not base64: {exc}") from exc
+    if not isinstance(value, bytes | bytearray | memoryview):
+        kind = type(value).__name__
+        raise RowError(NOT_BYTES, f"'image' must be bytes or base64 text, got {kind}")
+    if len(value) == 0:
+        raise RowError(EMPTY, "the image is empty (0 bytes)")
+    return bytes(value)
 
 
 # MLflow "model from code": executed when MLflow loads the model from this file.

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -88,35 +89,63 @@ def _check_rows(frame: pd.DataFrame, classes: tuple[str, ...]) -> None:
     assert list(frame["label"]) == [classes[i] for i in probs.argmax(axis=1)]
 
 
-def test_pyfunc_from_registry_takes_bytes_paths_and_reports_bad_rows(
+def test_pyfunc_from_registry_takes_image_bytes_only_and_reports_bad_rows(
     serve_cfg: PipelineConfig, champion: str, photos: list[Path]
 ) -> None:
+    from mlflow.exceptions import MlflowException
+
     model = serving.load_model(champion, serve_cfg)
     schema = model.metadata.get_input_schema()
-    assert schema is not None and set(schema.input_names()) == {"image", "path"}
+    assert schema is not None and schema.input_names() == ["image"]
+    assert schema.required_input_names() == ["image"]
+    outputs = model.metadata.get_output_schema()
+    assert outputs is not None and outputs.input_names()[-2:] == ["error", "error_code"]
 
     by_bytes = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in photos]}))
-    by_path = model.predict(pd.DataFrame({"path": [str(p) for p in photos]}))
-    assert list(by_bytes.columns) == ["label", *(f"prob_{c}" for c in serve_cfg.classes), "error"]
+    assert list(by_bytes.columns) == [
+        "label", *(f"prob_{c}" for c in serve_cfg.classes), "error", "error_code"
+    ]
     _check_rows(by_bytes, serve_cfg.classes)
-    assert by_bytes["error"].isna().all()
-    # Same images, same answers, whichever way they arrive.
-    pd.testing.assert_frame_equal(by_bytes, by_path)
+    assert by_bytes["error"].isna().all() and by_bytes["error_code"].isna().all()
+    # In-process callers read their files and send bytes: same images, same answers.
+    pd.testing.assert_frame_equal(serving.predictions_frame(model, photos), by_bytes)
 
     mixed = model.predict(
-        pd.DataFrame(
-            {
-                "image": [photos[0].read_bytes(), b"not an image", None, None],
-                "path": [None, None, str(photos[1]), "/nonexistent/x.jpg"],
-            }
-        )
+        pd.DataFrame({"image": [photos[0].read_bytes(), b"not an image", None, b"",
+                                photos[1].read_bytes()]})
     )
-    assert mixed["error"].isna().tolist() == [True, False, True, False]
+    assert mixed["error_code"].tolist() == [None, "undecodable", "empty", "empty", None]
     assert "cannot identify image" in mixed.loc[1, "error"]
-    assert "cannot read /nonexistent/x.jpg" in mixed.loc[3, "error"]
     assert mixed.loc[0, "label"] == by_bytes.loc[0, "label"]
-    assert mixed.loc[2, "label"] == by_bytes.loc[1, "label"]
-    assert np.isnan(mixed.loc[1, f"prob_{serve_cfg.classes[0]}"])
+    assert mixed.loc[4, "label"] == by_bytes.loc[1, "label"]
+    assert mixed.loc[1, "label"] is None and mixed.loc[1, f"prob_{serve_cfg.classes[0]}"] is None
+
+    # The model reads no files: a path column is refused as a whole, never opened.
+    for frame in (pd.DataFrame({"path": [str(photos[0])]}),
+                  pd.DataFrame({"path": ["/nonexistent/x.jpg"]})):
+        with pytest.raises(MlflowException, match="missing inputs"):
+            model.predict(frame)
+
+
+def test_in_process_predict_files_reports_a_missing_file_as_its_own_error(
+    serve_cfg: PipelineConfig, champion: str, photos: list[Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.jpg"
+    report = serving.predict_files(champion, [photos[0], missing, tmp_path, photos[1]],
+                                   serve_cfg)
+    first, gone, folder, last = report.predictions
+    assert first.label in serve_cfg.classes and first.error is None
+    assert last.label in serve_cfg.classes and last.error is None
+    for failed, path in ((gone, missing), (folder, tmp_path)):
+        assert failed.path == str(path) and failed.label is None and failed.probabilities is None
+        assert failed.error_code == serving.UNREADABLE and f"cannot read {path}" in failed.error
+    assert report.failed and report.as_dict()["n_error"] == 2
+
+    # No readable file at all: still one row per path, with the model's columns.
+    model = serving.load_model(champion, serve_cfg)
+    none_read = serving.predictions_frame(model, [missing])
+    assert none_read["error_code"].tolist() == ["unreadable"]
+    assert f"prob_{serve_cfg.classes[0]}" in none_read.columns
 
 
 def test_models_load_from_the_configured_server_whatever_the_process_points_at(
@@ -130,7 +159,9 @@ def test_models_load_from_the_configured_server_whatever_the_process_points_at(
         monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing answers
     for uri in (champion, tracking.version_uri(serve_cfg.registered_model, mv.version),
                 tracking.run_model_uri(mv.run_id)):
-        out = serving.load_model(uri, serve_cfg).predict(pd.DataFrame({"path": [str(photos[0])]}))
+        out = serving.load_model(uri, serve_cfg).predict(
+            pd.DataFrame({"image": [photos[0].read_bytes()]})
+        )
         _check_rows(out, serve_cfg.classes)
 
 
@@ -164,37 +195,112 @@ def rest_server(
         server.stop()
 
 
-def _post(url: str, payload: dict) -> dict:
+def _strict_json(body: bytes) -> dict:
+    """Parse as a strict JSON parser does (JavaScript's JSON.parse): NaN/Infinity are errors."""
+    def reject(token: str) -> None:
+        raise ValueError(f"not valid JSON: {token}")
+
+    return json.loads(body, parse_constant=reject)
+
+
+def _post_raw(url: str, payload: dict) -> tuple[int, dict]:
+    """(HTTP status, strictly parsed JSON body) of a POST to /invocations, 4xx/5xx included."""
     req = urllib.request.Request(
         url + "/invocations", data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, _strict_json(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, _strict_json(err.read())
+
+
+def _post(url: str, payload: dict) -> dict:
+    status, body = _post_raw(url, payload)
+    assert status == 200, body
+    return body
+
+
+def _split(columns: list[str], rows: list[list]) -> dict:
+    return {"dataframe_split": {"columns": columns, "data": rows}}
 
 
 def test_rest_invocations_with_real_photos(
     rest_server: str, serve_cfg: PipelineConfig, photos: list[Path]
 ) -> None:
     b64 = [base64.b64encode(p.read_bytes()).decode("ascii") for p in photos]
-    split = _post(rest_server, {"dataframe_split": {"columns": ["image"],
-                                                    "data": [[x] for x in b64]}})
+    split = _post(rest_server, _split(["image"], [[x] for x in b64]))
     records = _post(rest_server, {"dataframe_records": [{"image": x} for x in b64]})
     for answer in (split, records):
         frame = pd.DataFrame(answer["predictions"])
         assert len(frame) == len(photos)
         _check_rows(frame, serve_cfg.classes)
-        assert frame["error"].isna().all()
+        assert frame["error"].isna().all() and frame["error_code"].isna().all()
     assert [r["label"] for r in split["predictions"]] == [
         r["label"] for r in records["predictions"]
     ]
 
-    bad = _post(rest_server, {"dataframe_split": {
-        "columns": ["image"],
-        "data": [[b64[0]], [base64.b64encode(b"garbage").decode()]],
-    }})["predictions"]
-    assert bad[0]["label"] in serve_cfg.classes and not bad[0].get("error")
-    assert bad[1]["label"] is None and "cannot identify image" in bad[1]["error"]
+
+def test_rest_bad_image_is_a_row_with_null_probabilities_and_an_error_code(
+    rest_server: str, serve_cfg: PipelineConfig, photos: list[Path]
+) -> None:
+    """200 for the batch; the bad rows carry JSON null (not NaN, which _post_raw rejects)."""
+    good = base64.b64encode(photos[0].read_bytes()).decode()
+    ok, garbage, empty = _post(rest_server, _split(
+        ["image"], [[good], [base64.b64encode(b"garbage").decode()], [""]]
+    ))["predictions"]
+    assert ok["label"] in serve_cfg.classes and ok["error"] is None and ok["error_code"] is None
+    for row, code in ((garbage, "undecodable"), (empty, "empty")):
+        assert row["error_code"] == code and row["error"]
+        assert row["label"] is None
+        assert all(row[f"prob_{c}"] is None for c in serve_cfg.classes)
+    assert "cannot identify image" in garbage["error"]
+
+
+def test_rest_refuses_a_path_column_without_reading_the_file(
+    rest_server: str, photos: list[Path], tmp_path: Path
+) -> None:
+    """A client cannot make the server read, or probe, its files: every path gets one answer."""
+    unreadable = tmp_path / "unreadable.jpg"
+    unreadable.write_bytes(photos[0].read_bytes())
+    unreadable.chmod(0)
+    probes = [str(photos[0]), str(unreadable), str(tmp_path), "/nonexistent/x.jpg",
+              "/etc/shadow", "/root"]
+    answers = []
+    for path in probes:
+        status, body = _post_raw(rest_server, _split(["path"], [[path]]))
+        assert 400 <= status < 500, (path, status, body)
+        assert "missing inputs ['image']" in body["message"]
+        answers.append((status, body["error_code"]))
+    assert len(set(answers)) == 1, answers
+
+    # Beside an image, the path is dropped by the signature before the model: the answer is
+    # the image's (undecodable garbage here, though the path names a good photo) whatever it is.
+    garbage = base64.b64encode(b"garbage").decode()
+    alone = _post(rest_server, _split(["image"], [[garbage]]))
+    for path in probes:
+        assert _post(rest_server, _split(["image", "path"], [[garbage, path]])) == alone
+    assert alone["predictions"][0]["error_code"] == "undecodable"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _split(["img"], [["aGVsbG8="]]),  # no image column
+        {"dataframe_split": {"columns": [], "data": []}},
+        {"rows": [{"image": "aGVsbG8="}]},  # not an MLflow input format
+        # MLflow's parser base64-decodes the binary column before the model: a value it cannot
+        # decode fails the request, not a row.
+        _split(["image"], [["aGVsbG8="], [None]]),
+        _split(["image"], [["abc"]]),  # bad base64 padding
+        _split(["image"], [[12345]]),
+    ],
+)
+def test_rest_malformed_request_is_a_4xx(rest_server: str, payload: dict) -> None:
+    status, body = _post_raw(rest_server, payload)
+    assert 400 <= status < 500 and body["error_code"] in {"BAD_REQUEST",
+                                                          "INVALID_PARAMETER_VALUE"}, body
 
 
 def test_weather_predict_cli_good_and_bad_image(
@@ -220,4 +326,5 @@ def test_weather_predict_cli_good_and_bad_image(
     good, broken = out["predictions"]
     assert good["label"] in serve_cfg.classes and good["error"] is None
     assert sum(good["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert broken["label"] is None and broken["error"]
+    assert broken["label"] is None and broken["error"] and broken["error_code"] == "undecodable"
+    assert broken["probabilities"] is None

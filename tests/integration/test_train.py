@@ -153,13 +153,13 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
     assert [r.info.run_id for r in runs] == [report.run_id]
 
     # The logged model loads as a pyfunc (as a downstream service loads it, with the process
-    # pointed at the tracking server) and classifies real photos from their paths.
+    # pointed at the tracking server) and classifies real photos from their bytes.
     model = mlflow.pyfunc.load_model(report.model_uri)
     photos = sorted(photo_folder.iterdir())[:5]
-    out = model.predict(pd.DataFrame({"path": [str(p) for p in photos]}))
+    out = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in photos]}))
     assert len(out) == 5
     assert set(out["label"]) <= set(cfg.classes)
-    probs = out[[f"prob_{c}" for c in cfg.classes]].to_numpy()
+    probs = out[[f"prob_{c}" for c in cfg.classes]].to_numpy(dtype=float)
     assert probs.sum(axis=1) == pytest.approx([1.0] * 5, abs=1e-4)
 
 

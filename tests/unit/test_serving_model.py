@@ -1,41 +1,126 @@
-"""The pyfunc model's input handling (no services, no model): which bytes each row means."""
+"""The pyfunc model's input and output handling (no services, no model): which bytes each row
+means, which requests are malformed as a whole, and what a failed row looks like as JSON."""
 
 from __future__ import annotations
 
 import base64
+import io
+import json
 import math
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
 
 from weather_tasks import serving_model
 
 
-def test_rows_take_image_bytes_base64_text_or_a_path(tmp_path) -> None:
-    f = tmp_path / "x.jpg"
-    f.write_bytes(b"from-file")
-    frame = pd.DataFrame(
-        {
-            "image": [b"raw", base64.b64encode(b"b64").decode(), None, math.nan, b""],
-            "path": [str(f), None, str(f), str(tmp_path / "missing.jpg"), None],
-        }
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"raw", b"raw"),
+        (bytearray(b"raw"), b"raw"),
+        (memoryview(b"raw"), b"raw"),
+        (np.frombuffer(b"raw", dtype=np.uint8), b"raw"),
+        (base64.b64encode(b"b64").decode(), b"b64"),
+    ],
+)
+def test_a_row_takes_image_bytes_or_base64_text(value: Any, expected: bytes) -> None:
+    assert serving_model.image_bytes(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (None, serving_model.EMPTY),
+        (math.nan, serving_model.EMPTY),
+        (pd.NA, serving_model.EMPTY),
+        (b"", serving_model.EMPTY),
+        ("", serving_model.EMPTY),
+        (12345, serving_model.NOT_BYTES),
+        (1.5, serving_model.NOT_BYTES),
+        (["/etc/passwd"], serving_model.NOT_BYTES),
+        ("/etc/shadow", serving_model.NOT_BYTES),  # text is base64, never a path to open
+    ],
+)
+def test_a_row_without_image_bytes_is_a_row_error_with_a_stable_code(
+    value: Any, code: str
+) -> None:
+    with pytest.raises(serving_model.RowError) as info:
+        serving_model.image_bytes(value)
+    assert info.value.code == code and info.value.code in serving_model.ERROR_CODES
+
+
+@pytest.mark.parametrize(
+    "model_input",
+    [
+        pd.DataFrame({"path": ["/etc/shadow"]}),
+        pd.DataFrame({"image": [b"x"], "path": ["/etc/shadow"]}),
+        pd.DataFrame({"img": [b"x"]}),
+        pd.DataFrame(),
+        {"path": ["/etc/shadow"]},
+        ["/etc/shadow"],
+        "/etc/shadow",
+    ],
+)
+def test_anything_but_one_image_column_is_a_malformed_request(model_input: Any) -> None:
+    """Rejected as a whole with the exception the scoring server answers with 400."""
+    with pytest.raises(MlflowException, match="'image'") as info:
+        serving_model._image_column(model_input)
+    assert info.value.get_http_status_code() == 400
+
+
+def test_one_image_column_gives_its_values_in_order() -> None:
+    assert serving_model._image_column({"image": [b"a", None]}) == [b"a", None]
+
+
+def _strict_json(body: str) -> Any:
+    def reject(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(body, parse_constant=reject)
+
+
+def test_a_failed_row_serializes_as_json_null_with_its_code() -> None:
+    """The scoring server's own serializer: no NaN token, null label and probabilities."""
+    frame = serving_model.result_frame(
+        ["shine", "rain"],
+        ["rain", None, None],
+        [[0.25, 0.75], None, None],
+        [None, "cannot identify image file", "the model returned non-finite probabilities"],
+        [None, serving_model.UNDECODABLE, serving_model.NON_FINITE],
     )
-    rows = serving_model._sources(frame)
-    assert [data for data, _ in rows] == [b"raw", b"b64", b"from-file", None, None]
-    assert "cannot read" in rows[3][1] and "missing.jpg" in rows[3][1]
-    assert rows[4][1] == "row has neither 'image' nor 'path'"
+    assert list(frame.columns) == ["label", "prob_shine", "prob_rain", "error", "error_code"]
+    out = io.StringIO()
+    scoring_server.predictions_to_json(frame, out)
+    ok, bad, diverged = _strict_json(out.getvalue())["predictions"]
+    assert ok == {"label": "rain", "prob_shine": 0.25, "prob_rain": 0.75, "error": None,
+                  "error_code": None}
+    assert bad == {"label": None, "prob_shine": None, "prob_rain": None,
+                   "error": "cannot identify image file", "error_code": "undecodable"}
+    assert diverged["error_code"] == "non_finite" and diverged["prob_rain"] is None
 
 
-@pytest.mark.parametrize("columns", [{"image": [b"x"]}, {"path": ["/x"]}])
-def test_either_column_alone_is_enough(columns: dict) -> None:
-    assert len(serving_model._sources(pd.DataFrame(columns))) == 1
+def test_failed_rows_read_as_nan_probabilities_in_process() -> None:
+    """What evaluate relies on: None probabilities become a NaN row (counted as wrong)."""
+    frame = serving_model.result_frame(["a", "b"], ["a", None], [[0.9, 0.1], None],
+                                       [None, "x"], [None, serving_model.EMPTY])
+    probs = frame[["prob_a", "prob_b"]].to_numpy(dtype=np.float64, na_value=np.nan)
+    assert probs[0].tolist() == [0.9, 0.1] and np.isnan(probs[1]).all()
 
 
-def test_a_frame_without_image_or_path_is_rejected_as_a_whole() -> None:
-    with pytest.raises(ValueError, match="'image' or 'path' column"):
-        serving_model._sources(pd.DataFrame({"img": [b"x"]}))
+def test_an_undecodable_image_has_a_stable_message() -> None:
+    """Same bytes, same answer: no memory address of the server's buffer in the message."""
+    from PIL import Image, UnidentifiedImageError
 
-
-def test_image_of_another_type_is_a_per_row_error() -> None:
-    (data, reason), = serving_model._sources(pd.DataFrame({"image": [12345]}))
-    assert data is None and "must be bytes or base64 text" in reason
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(UnidentifiedImageError) as info:
+            Image.open(io.BytesIO(b"garbage"))
+        messages.add(serving_model._decode_error(info.value))
+    (message,) = messages
+    assert message.startswith("UnidentifiedImageError: cannot identify image file")
+    assert "0x" not in message
