@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 S3_CONN_ID = "weather_s3"
 
-# I/O tasks retry transient S3/MLflow failures with exponential backoff; permanent ones
-# (bad config, missing bucket) raise AirflowFailException and do not retry.
+# I/O tasks retry transient S3/MLflow failures (503, timeouts, refused connections) with
+# exponential backoff; permanent ones (bad config, missing bucket, access denied) raise
+# AirflowFailException and do not retry (_fail_fast_on_permanent_errors).
 IO_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay": timedelta(seconds=30),
@@ -79,14 +80,30 @@ def _night(params: dict[str, Any] | None) -> tuple[PipelineConfig, Any]:
 
 @contextlib.contextmanager
 def _fail_fast_on_permanent_errors() -> Iterator[None]:
-    """Retrying a bad setting or a missing bucket only delays the message: fail at once."""
+    """Retrying a bad setting or a missing bucket only delays the message: fail at once.
+
+    S3 and MLflow failures become one-line ``PipelineError``s first (``weather_tasks.storage``
+    and ``weather_tasks.tracking`` decide what each means). A transient one (a 503, a timeout,
+    a refused connection) is re-raised as it is, so Airflow retries it with the task's backoff;
+    a permanent one (``ConfigError``, or ``transient`` False) fails the task without retries.
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
+    from weather_tasks import storage, tracking
     from weather_tasks.config import ConfigError, PipelineError
 
     try:
-        yield
-    except (ConfigError, PipelineError) as exc:  # every stage's expected, permanent failures
+        cfg = config.from_env()  # names the endpoint and bucket in S3 messages
+    except ConfigError:
+        cfg = config.PipelineConfig()
+    try:
+        with storage.s3_errors(cfg), tracking.mlflow_errors(cfg):
+            yield
+    except ConfigError as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except PipelineError as exc:
+        if exc.transient:
+            raise
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 

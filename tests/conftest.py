@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from devtools import local_services
-from weather_tasks import config, storage
+from weather_tasks import config, storage, tracking
 from weather_tasks.config import PipelineConfig
 
 TESTS = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def _tier(item: pytest.Item) -> str | None:
 
 
 # MLflow's process-wide settings, which entry points set (``tracking.configure_process``).
-_MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_MLFLOW_PROCESS_ENV = tracking.PROCESS_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
@@ -22,6 +24,10 @@ from weather_tasks import config, tracking
 from weather_tasks.config import ConfigError, PipelineConfig, PipelineError
 
 COMMAND_GROUP = "weather.commands"
+# A person at a terminal wants an unreachable MLflow server reported in seconds, not after
+# MLflow's minutes of retries (DAG tasks keep the config's longer defaults). A WEATHER_*
+# variable still wins.
+INTERACTIVE_DEFAULTS: dict[str, Any] = {"mlflow_http_retries": 1, "mlflow_http_timeout": 30}
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -79,7 +85,8 @@ def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="weather", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and the traceback of a failure")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
@@ -118,18 +125,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         flags = {name: getattr(args, name, None) for name in config.per_run_settings()}
-        cfg = config.from_env(**{k: v for k, v in flags.items() if v is not None})
+        interactive = {k: v for k, v in INTERACTIVE_DEFAULTS.items()
+                       if not os.environ.get(config.env_name(k), "").strip()}
+        cfg = config.from_env(**interactive, **{k: v for k, v in flags.items() if v is not None})
         tracking.configure_process(cfg)  # this process's MLflow tracking server, set once
-        result = args.func(cfg, args)
+        result = _run(args, cfg)
     except ConfigError as exc:
+        _explain(args)
         print(f"weather: configuration error: {exc}", file=sys.stderr)
         return 2
     except PipelineError as exc:
+        _explain(args)
         print(f"weather {args.command}: error: {exc}", file=sys.stderr)
         return 1
     _print(result, args.json)
     failed = getattr(result, "failed", False)
     return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace, cfg: PipelineConfig) -> Any:
+    """The command, with S3 and MLflow failures turned into one-line ``PipelineError``s."""
+    from weather_tasks import storage
+
+    with storage.s3_errors(cfg), tracking.mlflow_errors(cfg):
+        return args.func(cfg, args)
+
+
+def _explain(args: argparse.Namespace) -> None:
+    """With ``-v``, the traceback behind the one-line message."""
+    if args.verbose:
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ the CLI's flags (:func:`cli_flags`). Only per-run settings become params and fla
 trigger form never offers the bucket, the endpoint or the tracking URI.
 
 Per-run overrides (DAG params, CLI flags) go through :func:`override`, which re-validates.
-An empty variable means the built-in default (compose passes unset settings as ""). Credentials
+An empty variable means the built-in default where the setting says so (compose passes unset
+settings as ""); for a setting without a safe default to fall back on (the bucket, the tracking
+server, the prefixes) an empty variable is a configuration error naming it. Credentials
 are never part of the config: boto3 reads them from the environment or the standard AWS chain
 (in Airflow: from the ``aws`` connection).
 """
@@ -19,6 +21,7 @@ import dataclasses
 import math
 import os
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,16 @@ class ConfigError(ValueError):
 
 
 class PipelineError(RuntimeError):
-    """An expected failure of a stage, with a message meant for the user (no traceback)."""
+    """An expected failure of a stage, with a message meant for the user (no traceback).
+
+    ``transient``: trying again later may succeed (a 503, a timeout, a refused connection), so
+    the DAG lets Airflow retry it; otherwise (a bad setting, a missing bucket, access denied)
+    retrying only delays the message, and the DAG fails the task at once.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,10 @@ class Setting:
     per_run: bool = False
     commands: tuple[str, ...] = ()  # the CLI subcommands that take it as a flag
     title: str = ""
+    # Does an empty variable mean the default? Yes where compose passes "" for "unset" on
+    # purpose; no where falling back would silently point the pipeline at other data (the
+    # bucket, the tracking server, the prefixes): there, "" is a configuration error.
+    empty_means_default: bool = True
 
 
 def _setting(default: Any, help: str, **declaration: Any) -> Any:
@@ -67,15 +83,20 @@ def _setting(default: Any, help: str, **declaration: Any) -> Any:
 
 
 _TRAINING = {"per_run": True, "commands": ("train",)}
+_REQUIRED = {"empty_means_default": False}
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     # Storage (S3 API).
-    bucket: str = _setting("weather", "the S3 bucket holding incoming/, curated/, quarantine/")
-    incoming_prefix: str = _setting("incoming/", "where producers drop photos (never modified)")
-    curated_prefix: str = _setting("curated/", "content-addressed images and manifests")
-    quarantine_prefix: str = _setting("quarantine/", "rejected objects with their reasons")
+    bucket: str = _setting("weather", "the S3 bucket holding incoming/, curated/, quarantine/",
+                           **_REQUIRED)
+    incoming_prefix: str = _setting("incoming/", "where producers drop photos (never modified)",
+                                    **_REQUIRED)
+    curated_prefix: str = _setting("curated/", "content-addressed images and manifests",
+                                   **_REQUIRED)
+    quarantine_prefix: str = _setting("quarantine/", "rejected objects with their reasons",
+                                      **_REQUIRED)
     s3_endpoint_url: str | None = _setting(
         None, "S3 endpoint for MinIO or a local server (empty: AWS)"
     )
@@ -95,8 +116,16 @@ class PipelineConfig:
                                      minimum=1, maximum=10 * 1024**3)
     # I/O.
     parallelism: int = _setting(8, "parallel S3 downloads", minimum=1, maximum=256)
-    s3_max_attempts: int = _setting(5, "S3 attempts per request (botocore standard retries)",
-                                    minimum=1, maximum=20)
+    s3_max_attempts: int = _setting(
+        5, "S3 attempts per request, the first included (botocore standard retries)",
+        minimum=1, maximum=20,
+    )
+    s3_connect_timeout: float = _setting(5.0, "seconds to wait for an S3 connection",
+                                         minimum=0.1, maximum=300)
+    s3_read_timeout: float = _setting(
+        30.0, "seconds to wait for the S3 server's next bytes (per attempt)", minimum=0.1,
+        maximum=3600,
+    )
     work_dir: Path = _setting(lambda: Path(".weather-work"), "local cache of curated images")
     # Training (the seed's recipe).
     model: str = _setting("model_3", "architecture from the seed", choices=MODELS, **_TRAINING)
@@ -118,7 +147,14 @@ class PipelineConfig:
     seed: int = _setting(123, "seed of weights, dropout and augmentation", minimum=0,
                          maximum=2**32 - 1)
     # Tracking and registry.
-    mlflow_tracking_uri: str = _setting("http://127.0.0.1:5000", "MLflow tracking server")
+    mlflow_tracking_uri: str = _setting("http://127.0.0.1:5000", "MLflow tracking server",
+                                        **_REQUIRED)
+    # MLflow's process-wide HTTP settings, set by tracking.configure_process. A DAG task may
+    # wait out a restart of the server; the CLI defaults to failing in seconds (cli.py).
+    mlflow_http_retries: int = _setting(5, "MLflow HTTP retries per request (after the first "
+                                        "attempt)", minimum=0, maximum=20)
+    mlflow_http_timeout: int = _setting(120, "seconds to wait for an MLflow HTTP answer",
+                                        minimum=1, maximum=3600)
     mlflow_ui_url: str | None = _setting(
         None, "where people open the MLflow UI (links from Airflow; empty: the tracking URI)"
     )
@@ -198,10 +234,18 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Pipe
     """Build the config from ``WEATHER_*`` variables, then apply keyword overrides."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for name in settings():
+    for name, (_, s, _) in settings().items():
         raw = env.get(env_name(name))
-        if raw is not None and raw.strip() != "":
-            values[name] = parse(name, raw.strip())
+        if raw is None:
+            continue
+        if raw.strip() == "":
+            if not s.empty_means_default:
+                raise ConfigError(
+                    f"{env_name(name)} ({name}) is set but empty: unset it for the default "
+                    f"{default_of(name)!r} or give a value"
+                )
+            continue
+        values[name] = parse(name, raw.strip())
     values.update(overrides)
     return _build(values)
 
@@ -347,6 +391,16 @@ def _check_declared(c: PipelineConfig) -> None:
                 _require(ok, name, f"{value} not in [{low}, {high}]")
 
 
+def _valid_netloc(url: str) -> bool:
+    """A host, and a port in range if one is given (urllib raises on 70000)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
 def _validate(c: PipelineConfig) -> None:
     _check_declared(c)
     _require(
@@ -369,13 +423,17 @@ def _validate(c: PipelineConfig) -> None:
                 "curated_prefix",
                 f"prefixes must not nest ({a!r} contains {b!r})",
             )
-    for name in ("s3_endpoint_url", "mlflow_ui_url"):
+    for name in ("s3_endpoint_url", "mlflow_ui_url", "mlflow_tracking_uri"):
         url = getattr(c, name)
+        if name == "mlflow_tracking_uri" and not url.startswith(("http://", "https://")):
+            continue  # a local store (file:, sqlite:, a path) is fine for tracking
         _require(
             url is None or url.startswith(("http://", "https://")),
             name,
             f"{url!r} must start with http:// or https://",
         )
+        _require(url is None or _valid_netloc(url), name,
+                 f"{url!r} has no valid host and port")
     _require(len(c.classes) >= 2, "classes", "at least two classes are needed")
     _require(len(set(c.classes)) == len(c.classes), "classes", f"duplicates in {c.classes}")
     _require(

@@ -22,14 +22,17 @@ the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import weather_tasks
-from weather_tasks.config import PipelineConfig, PipelineError
+from weather_tasks.config import PipelineConfig, PipelineError, env_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,7 +75,8 @@ _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 class TrackingError(PipelineError):
-    """MLflow is not set up for this config in this process (see :func:`configure_process`)."""
+    """MLflow is not set up for this config in this process (see :func:`configure_process`),
+    or its tracking server cannot be reached (transient)."""
 
 
 # --- URIs -------------------------------------------------------------------------------------
@@ -99,15 +103,72 @@ def champion_asset_uri(model: str) -> str:
 
 
 # --- process state and clients ----------------------------------------------------------------
+# The process-wide variables configure_process sets (a test fixture puts them back).
+PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
 def configure_process(cfg: PipelineConfig) -> None:
     """Point this process's MLflow (and its child processes) at ``cfg``'s tracking server.
 
     Called by entry points only. Environment variables rather than MLflow's setter functions:
     no mlflow import, and subprocesses inherit them. (A URI set through MLflow's setter earlier
-    in the process would still win over them; nothing in this project sets one.)
+    in the process would still win over them; nothing in this project sets one.) MLflow's own
+    HTTP defaults (7 retries with backoff, 120 s timeout) make an unreachable server take
+    minutes to fail; ``mlflow_http_retries`` and ``mlflow_http_timeout`` bound that (short for
+    the CLI, longer for DAG tasks, which may wait out a restart).
     """
     os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow_tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = cfg.mlflow_tracking_uri
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.mlflow_http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.mlflow_http_timeout)
+
+
+@contextlib.contextmanager
+def mlflow_errors(cfg: PipelineConfig) -> Iterator[None]:
+    """Turn "the tracking server cannot be reached" inside into a transient :class:`TrackingError`
+    (one line naming the URI); every other MLflow error passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = tracking_error(exc, cfg)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def tracking_error(exc: BaseException, cfg: PipelineConfig) -> TrackingError | None:
+    """The :class:`TrackingError` for an MLflow connection failure, else None.
+
+    MLflow's REST client wraps a ``requests`` failure in an ``MlflowException`` (chained as its
+    context, not its cause), so the chain is searched for the ``requests`` exception.
+    """
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # not imported: not an MLflow error
+    requests_exceptions = sys.modules.get("requests.exceptions")
+    if mlflow_exceptions is None or requests_exceptions is None:
+        return None
+    if not isinstance(exc, mlflow_exceptions.MlflowException):
+        return None
+    uri, retries = cfg.mlflow_tracking_uri, cfg.mlflow_http_retries
+    tried = f"{retries + 1} attempt{'s' if retries else ''}"
+    uri_var, retries_var = env_name("mlflow_tracking_uri"), env_name("mlflow_http_retries")
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, requests_exceptions.Timeout):
+            return TrackingError(
+                f"MLflow tracking server {uri}: no answer within {cfg.mlflow_http_timeout} s "
+                f"({env_name('mlflow_http_timeout')}), {tried}: the server is hung or "
+                "overloaded", transient=True)
+        if isinstance(cause, requests_exceptions.RetryError):
+            return TrackingError(
+                f"MLflow tracking server {uri}: answered with server errors ({tried}): check "
+                f"the server's log; try again later or raise {retries_var}", transient=True)
+        if isinstance(cause, requests_exceptions.ConnectionError):
+            return TrackingError(
+                f"MLflow tracking server {uri}: cannot connect ({tried}): is it running and "
+                f"{uri_var} right?", transient=True)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def check_process(cfg: PipelineConfig) -> None:

@@ -309,3 +309,74 @@ def test_weather_tasks_never_imports_airflow() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "weather_tasks.config" in result["modules"] and len(result["modules"]) >= 5
     assert result["airflow"] == []
+
+
+# --- failure semantics: retry what is transient, fail fast on the rest -----------------------
+
+
+def _raised_through_the_task_guard(exc: BaseException) -> BaseException:
+    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    with pytest.raises(BaseException) as caught, module._fail_fast_on_permanent_errors():
+        raise exc
+    return caught.value
+
+
+def _client_error(code: str, status: int, operation: str) -> Any:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
+def _permanent() -> list[BaseException]:
+    from botocore.exceptions import NoCredentialsError
+
+    from weather_tasks.config import PipelineError
+
+    return [
+        ConfigError("WEATHER_BUCKET (bucket) is set but empty"),
+        PipelineError("manifest v000009 does not exist"),
+        _client_error("NoSuchBucket", 404, "ListObjectsV2"),
+        _client_error("AccessDenied", 403, "GetObject"),
+        NoCredentialsError(),
+    ]
+
+
+def _transient() -> list[BaseException]:
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    from weather_tasks.config import PipelineError
+
+    return [
+        PipelineError("the server restarted", transient=True),
+        _client_error("SlowDown", 503, "GetObject"),
+        _client_error("503", 503, "HeadObject"),
+        EndpointConnectionError(endpoint_url="http://minio:9000/weather"),
+        ReadTimeoutError(endpoint_url="http://minio:9000/weather"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_permanent_failures_fail_the_task_without_retries(index: int) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    exc = _permanent()[index]
+    raised = _raised_through_the_task_guard(exc)
+    assert isinstance(raised, AirflowFailException), raised
+    assert "\n" not in str(raised)
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_transient_failures_are_left_to_airflows_retries(index: int) -> None:
+    """Re-raised as one-line PipelineErrors, not AirflowFailException: the task's retries
+    (exponential backoff) apply."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from weather_tasks.config import PipelineError
+
+    raised = _raised_through_the_task_guard(_transient()[index])
+    assert not isinstance(raised, AirflowFailException)
+    assert isinstance(raised, PipelineError) and raised.transient
+    assert "\n" not in str(raised)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from weather_tasks import cli
@@ -39,3 +42,31 @@ def test_help_names_the_variable_and_the_default(capsys: pytest.CaptureFixture[s
 def test_out_of_range_flag_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["evaluate", "some-run", "--min-delta", "2"]) == 2
     assert "WEATHER_MIN_DELTA" in capsys.readouterr().err
+
+
+def test_a_failure_is_one_line_and_v_adds_the_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "missing")
+    assert cli.main(["upload", missing]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"weather upload: error: {missing} is not a folder"]
+    assert cli.main(["-v", "upload", missing]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "IngestError" in err
+    assert err.strip().splitlines()[-1] == f"weather upload: error: {missing} is not a folder"
+
+
+@pytest.mark.parametrize(("env", "retries"),
+                         [({}, "1"), ({"WEATHER_MLFLOW_HTTP_RETRIES": "4"}, "4")])
+def test_the_cli_waits_less_for_mlflow_unless_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], retries: str
+) -> None:
+    """Interactive defaults: an unreachable tracking server fails in seconds, not minutes."""
+    monkeypatch.delenv("WEATHER_MLFLOW_HTTP_RETRIES", raising=False)
+    monkeypatch.delenv("WEATHER_MLFLOW_HTTP_TIMEOUT", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cli.main(["upload", str(tmp_path / "missing")])
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == retries
+    assert int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30

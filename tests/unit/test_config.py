@@ -140,3 +140,44 @@ def test_parse_time_reads_only_what_it_names() -> None:
     assert config.from_env_only(("schedule", "registered_model"), env).registered_model == "wc"
     with pytest.raises(ConfigError):
         config.from_env(environ=env)
+
+
+@pytest.mark.parametrize(
+    "name", ["WEATHER_BUCKET", "WEATHER_MLFLOW_TRACKING_URI", "WEATHER_INCOMING_PREFIX",
+             "WEATHER_CURATED_PREFIX", "WEATHER_QUARANTINE_PREFIX"],
+)
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_an_empty_required_setting_is_an_error_naming_it(name: str, raw: str) -> None:
+    """Falling back to the default bucket or tracking server would silently use other data."""
+    with pytest.raises(ConfigError, match=f"{name} .*set but empty"):
+        config.from_env(environ={name: raw})
+
+
+def test_empty_means_the_default_where_compose_relies_on_it() -> None:
+    """compose passes unset settings as "" (docker/compose.yaml's ${WEATHER_X:-})."""
+    empty = {config.env_name(n): "" for n, (_, s, _) in config.settings().items()
+             if s.empty_means_default}
+    assert {"WEATHER_EPOCHS", "WEATHER_SCHEDULE", "WEATHER_REGISTERED_MODEL",
+            "WEATHER_S3_ENDPOINT_URL"} <= set(empty)
+    assert config.from_env(environ=empty) == config.from_env(environ={})
+
+
+def test_timeouts_and_http_retries_are_settings() -> None:
+    c = config.from_env(environ={
+        "WEATHER_S3_CONNECT_TIMEOUT": "2.5", "WEATHER_S3_READ_TIMEOUT": "7",
+        "WEATHER_MLFLOW_HTTP_RETRIES": "0", "WEATHER_MLFLOW_HTTP_TIMEOUT": "9",
+    })
+    assert (c.s3_connect_timeout, c.s3_read_timeout) == (2.5, 7.0)
+    assert (c.mlflow_http_retries, c.mlflow_http_timeout) == (0, 9)
+    defaults = config.from_env(environ={})
+    assert 0 < defaults.s3_connect_timeout <= 10 and 0 < defaults.s3_read_timeout <= 60
+    for env in ({"WEATHER_S3_READ_TIMEOUT": "0"}, {"WEATHER_S3_CONNECT_TIMEOUT": "-1"},
+                {"WEATHER_MLFLOW_HTTP_RETRIES": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            config.from_env(environ=env)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:70000", "http://:9000", "https://"])
+def test_an_endpoint_without_a_valid_host_and_port_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="WEATHER_S3_ENDPOINT_URL"):
+        config.from_env(environ={"WEATHER_S3_ENDPOINT_URL": url})

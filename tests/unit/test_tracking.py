@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,35 @@ def test_contract_and_serving_client_import_no_heavy_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120, cwd=REPO)
     assert json.loads(out.stdout.splitlines()[-1]) == [[], []]
+
+
+def test_configure_process_bounds_mlflow_http_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in tracking.PROCESS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    cfg = config.from_env(environ={}, mlflow_http_retries=2, mlflow_http_timeout=15)
+    tracking.configure_process(cfg)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "15"
+
+
+def test_an_unreachable_tracking_server_is_one_transient_line() -> None:
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    cfg = config.from_env(environ={}, mlflow_tracking_uri="http://127.0.0.1:9")
+    for cause, says in [(requests.exceptions.ConnectionError("refused"), "cannot connect"),
+                        (requests.exceptions.ReadTimeout("slow"), "no answer within")]:
+        try:
+            try:
+                raise cause
+            except requests.exceptions.RequestException as e:  # as MLflow's REST client does
+                raise MlflowException(f"API request to http://127.0.0.1:9/x failed: {e}")  # noqa: B904
+        except MlflowException as exc:
+            error = tracking.tracking_error(exc, cfg)
+        assert error is not None and error.transient
+        assert says in str(error) and "http://127.0.0.1:9" in str(error)
+    other = MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")
+    assert tracking.tracking_error(other, cfg) is None
+    assert tracking.tracking_error(ValueError("x"), cfg) is None
+    with pytest.raises(MlflowException), tracking.mlflow_errors(cfg):
+        raise other
