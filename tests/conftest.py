@@ -11,9 +11,10 @@ Helpers that test modules import live in ``tests/support``, never here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,26 +89,30 @@ def _mlflow_process_env() -> Iterator[None]:
     """A test that plays an entry point (a DAG task's ``run_config``, the CLI's ``main``) sets
     MLflow's process-wide variables; put them back so that the next test, and the child
     processes it starts, never inherit another test's tracking server."""
-    saved = {k: os.environ.get(k) for k in _MLFLOW_PROCESS_ENV}
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with _restored_env(_MLFLOW_PROCESS_ENV):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _local_aws_env() -> Iterator[None]:
     """Dummy credentials for the local S3 server; never real ones."""
-    saved = {k: os.environ.get(k) for k in local_services.LOCAL_S3_ENV}
-    os.environ.update(local_services.LOCAL_S3_ENV)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with _restored_env(local_services.LOCAL_S3_ENV):
+        os.environ.update(local_services.LOCAL_S3_ENV)
+        yield
+
+
+@contextlib.contextmanager
+def _restored_env(names: Iterable[str]) -> Iterator[None]:
+    """Put the variables ``names`` back as they were (unset ones unset) on the way out."""
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -29,13 +29,12 @@ pytestmark = pytest.mark.integration
 WEATHER = str(Path(sys.executable).with_name("weather"))
 
 
-class _Hung:
-    """Accepts connections and never answers (the requests are read and ignored)."""
+class _Listener:
+    """A TCP server on 127.0.0.1 that hands each connection to :meth:`_connected`."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -44,31 +43,41 @@ class _Hung:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            self._conns.append(conn)
+            self._connected(conn)
+
+    def _connected(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._listener.close()
+
+
+class _Hung(_Listener):
+    """Accepts connections and never answers (the requests are read and ignored)."""
+
+    def __init__(self) -> None:
+        self._conns: list[socket.socket] = []
+        super().__init__()
+
+    def _connected(self, conn: socket.socket) -> None:
+        self._conns.append(conn)
+
+    def close(self) -> None:
+        super().close()
         for c in self._conns:
             c.close()
 
 
-class _Bodiless503:
+class _Bodiless503(_Listener):
     """Answers every request with ``503`` and no body (no S3 error code to recognise);
     remembers when each request arrived."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.arrivals: list[float] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _connected(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -85,9 +94,6 @@ class _Bodiless503:
                     _, buffer = buffer.split(b"\r\n\r\n", 1)
                     self.arrivals.append(time.monotonic())
                     conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @pytest.fixture
