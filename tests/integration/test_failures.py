@@ -68,11 +68,13 @@ class _Hung(_Listener):
             c.close()
 
 
-class _Bodiless503(_Listener):
-    """Answers every request with ``503`` and no body (no S3 error code to recognise);
-    remembers when each request arrived."""
+class _Bodiless(_Listener):
+    """Answers every request with one status and no body (no S3 error code to recognise, as a
+    load balancer in front of a dead backend, or S3 itself for a HEAD); remembers when each
+    request arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: str) -> None:
+        self.status = status
         self.arrivals: list[float] = []
         super().__init__()
 
@@ -93,7 +95,7 @@ class _Bodiless503(_Listener):
                 while b"\r\n\r\n" in buffer:  # requests without a body (HEAD, GET)
                     _, buffer = buffer.split(b"\r\n\r\n", 1)
                     self.arrivals.append(time.monotonic())
-                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                    conn.sendall(f"HTTP/1.1 {self.status}\r\nContent-Length: 0\r\n\r\n".encode())
 
 
 @pytest.fixture
@@ -104,8 +106,15 @@ def hung() -> Iterator[_Hung]:
 
 
 @pytest.fixture
-def bodiless_503() -> Iterator[_Bodiless503]:
-    server = _Bodiless503()
+def bodiless_503() -> Iterator[_Bodiless]:
+    server = _Bodiless("503 Service Unavailable")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def denied() -> Iterator[_Bodiless]:
+    server = _Bodiless("403 Forbidden")
     yield server
     server.close()
 
@@ -173,6 +182,16 @@ def test_missing_credentials_are_one_line(cfg, tmp_path: Path) -> None:
     assert "credentials" in line and "AWS_ACCESS_KEY_ID" in line
 
 
+def test_access_denied_is_one_line_and_not_retried(denied: _Bodiless, cfg) -> None:
+    out, seconds = _weather("ingest", WEATHER_S3_ENDPOINT_URL=denied.url,
+                            WEATHER_BUCKET=cfg.bucket, WEATHER_S3_MAX_ATTEMPTS="5")
+    assert out.returncode == 1
+    line = _one_line(out.stderr)
+    assert "access denied" in line and "credentials" in line
+    assert denied.url in line and f"s3://{cfg.bucket}" in line
+    assert len(denied.arrivals) == 1  # permanent: asking again cannot help
+
+
 def test_empty_bucket_variable_is_a_configuration_error(cfg) -> None:
     out, _ = _weather("ingest", WEATHER_S3_ENDPOINT_URL=cfg.s3_endpoint_url, WEATHER_BUCKET="")
     assert out.returncode == 2
@@ -220,7 +239,7 @@ def test_missing_bucket_and_object_are_permanent(cfg, s3) -> None:
     assert "curated/manifests/v000009.json" in str(key.value)
 
 
-def test_bodiless_503_backs_off_like_throttling(bodiless_503: _Bodiless503, cfg) -> None:
+def test_bodiless_503_backs_off_like_throttling(bodiless_503: _Bodiless, cfg) -> None:
     """botocore waits 50 ms x 2^i (jittered) after a 503 without a throttling code; here it
     waits like throttling, 1 s x 2^i: four waits of botocore's kind are at most 0.75 s in all."""
     five = config.override(cfg, s3_endpoint_url=bodiless_503.url, s3_max_attempts=5)
