@@ -52,10 +52,22 @@ def cmd_upload(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     return ingest.upload_folder(cfg, storage.make_client(cfg), args.folder)
 
 
+def cmd_verify(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import storage, verify
+
+    return verify.verify(cfg, storage.make_client(cfg), repair=args.repair)
+
+
 def cmd_train(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import manifest, storage
+
+    # Read the manifest before importing TensorFlow (seconds): a missing or damaged one is
+    # reported at once, not after the import.
+    s3 = storage.make_client(cfg)
+    version = manifest.read_manifest(s3, cfg, args.manifest_version).version
     from weather_tasks import train
 
-    return train.train_model(cfg, args.manifest_version)
+    return train.train_model(cfg, version, s3=s3)
 
 
 def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
@@ -100,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     add("ingest", cmd_ingest, "ingest new objects from incoming/ into a new manifest version")
     sp = add("upload", cmd_upload, "upload a local folder of photos to incoming/")
     sp.add_argument("folder")
+    sp = add("verify", cmd_verify, "check curated images and manifests against the bucket")
+    sp.add_argument(
+        "--repair",
+        action="store_true",
+        help="restore missing or corrupt images from incoming/, or drop them in a "
+        "new manifest version (reason lost)",
+    )
     sp = add("train", cmd_train, "train a model on a manifest version, tracked in MLflow")
     sp.add_argument("--manifest-version", default=None, help="default: the latest")
     sp = add("evaluate", cmd_evaluate, "evaluate a run's model against the champion")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -221,3 +222,298 @@ def test_real_photos_match_the_dataset_manifest(cfg, s3) -> None:
         assert cfg.incoming_prefix + r["filename"] in m.images[r["sha256"]].source_keys
     print(json.dumps(report.as_dict()["split_counts"]))
     assert os.environ.get("AWS_ACCESS_KEY_ID") == "local-test-key"
+
+
+# --- one label per content: the conflict rule, orphans, quarantine records, restore ----------
+_CONFLICT = "conflicting_label"
+
+
+def _records(s3, cfg) -> dict[str, tuple[str, str]]:
+    """source key -> (manifest version, reason) of every quarantine record."""
+    out = {}
+    for key in _snapshot(s3, cfg.bucket, cfg.quarantine_prefix):
+        rec = storage.get_json(s3, cfg.bucket, key)
+        assert key.startswith(f"{cfg.quarantine_prefix}{rec['manifest_version']}/")
+        out[rec["source_key"]] = (rec["manifest_version"], rec["reason"])
+    return out
+
+
+def _curated(s3, cfg, sha: str, ext: str = "jpg") -> bool:
+    return manifest.curated_key(cfg, sha, ext) in _snapshot(
+        s3, cfg.bucket, cfg.curated_images_prefix
+    )
+
+
+def _outcome(m: manifest.Manifest) -> tuple[dict, dict, dict]:
+    """What the rule decides, without what depends on when (splits, versions, dates)."""
+    images = {sha: (r.label, r.source_keys) for sha, r in m.images.items()}
+    objects = {k: (o.status, o.sha256, o.reason) for k, o in m.objects.items()}
+    return images, m.conflicts, objects
+
+
+def test_conflict_in_one_batch_quarantines_every_key_and_deletes_the_orphan(cfg, s3) -> None:
+    same = image_bytes("JPEG", seed=300)
+    sha = hashlib.sha256(same).hexdigest()
+    a = _put(s3, cfg, "a/cloudy_1.jpg", same)
+    b = _put(s3, cfg, "b/sunrise_1.jpg", same)
+    good = _put(s3, cfg, "shine_1.jpg", image_bytes("JPEG", seed=301))
+    incoming = _snapshot(s3, cfg.bucket, cfg.incoming_prefix)
+
+    report = ingest.ingest(cfg, s3)
+
+    assert (report.accepted, report.quarantined, report.requarantined) == (1, {_CONFLICT: 2}, 0)
+    m = manifest.read_manifest(s3, cfg)
+    assert m.conflicts == {sha: ("cloudy", "sunrise")}
+    assert sha not in m.images
+    assert {k: (o.status, o.reason) for k, o in m.objects.items()} == {
+        a: ("quarantined", _CONFLICT),
+        b: ("quarantined", _CONFLICT),
+        good: ("accepted", None),
+    }
+    assert _records(s3, cfg) == {a: ("v000001", _CONFLICT), b: ("v000001", _CONFLICT)}
+    assert not _curated(s3, cfg, sha)  # stored by this run, in no manifest: deleted
+    assert _curated(s3, cfg, hashlib.sha256(image_bytes("JPEG", seed=301)).hexdigest())
+    assert _snapshot(s3, cfg.bucket, cfg.incoming_prefix) == incoming
+
+
+def test_accepted_content_under_another_label_leaves_the_dataset(cfg, s3) -> None:
+    same = image_bytes("JPEG", seed=310)
+    sha = hashlib.sha256(same).hexdigest()
+    first = _put(s3, cfg, "shine_1.jpg", same)
+    copy = _put(s3, cfg, "copies/shine_copy.jpg", same)
+    _put(s3, cfg, "cloudy_1.jpg", image_bytes("JPEG", seed=311))
+    assert ingest.ingest(cfg, s3).accepted == 2
+    m1 = manifest.read_manifest(s3, cfg)
+    assert m1.images[sha].source_keys == (copy, first)
+
+    rain = _put(s3, cfg, "rain_1.jpg", same)
+    report = ingest.ingest(cfg, s3)
+
+    assert (report.new, report.accepted, report.duplicate) == (1, 0, 0)
+    assert (report.quarantined, report.requarantined) == ({_CONFLICT: 1}, 2)
+    assert "2 earlier keys quarantined (conflicting_label)" in report.summary()
+    assert report.images_total == 1
+    m2 = manifest.read_manifest(s3, cfg)
+    assert sha not in m2.images and m2.conflicts == {sha: ("rain", "shine")}
+    for key in (first, copy, rain):
+        assert m2.objects[key] == manifest.ObjectRecord(
+            m2.objects[key].etag, "quarantined", sha, _CONFLICT
+        )
+    assert _records(s3, cfg) == {k: ("v000002", _CONFLICT) for k in (first, copy, rain)}
+    # v000001 still lists it: its curated object stays, and that version stays as it was
+    assert _curated(s3, cfg, sha)
+    assert manifest.read_manifest(s3, cfg, "v000001") == m1
+
+
+def test_remembered_conflict_stays_quarantined_under_any_label(cfg, s3) -> None:
+    same = image_bytes("JPEG", seed=320)
+    sha = hashlib.sha256(same).hexdigest()
+    _put(s3, cfg, "a/cloudy_1.jpg", same)
+    _put(s3, cfg, "b/sunrise_1.jpg", same)
+    ingest.ingest(cfg, s3)
+
+    again = _put(s3, cfg, "c/cloudy_2.jpg", same)  # one of its labels: was accepted before
+    report = ingest.ingest(cfg, s3)
+    assert (report.accepted, report.duplicate, report.quarantined) == (0, 0, {_CONFLICT: 1})
+    m2 = manifest.read_manifest(s3, cfg)
+    assert sha not in m2.images and m2.conflicts == {sha: ("cloudy", "sunrise")}
+    assert m2.objects[again].status == "quarantined"
+    assert not _curated(s3, cfg, sha)  # not stored again
+
+    third = _put(s3, cfg, "d/rain_1.jpg", same)  # a third label: the recorded set grows
+    report = ingest.ingest(cfg, s3)
+    assert (report.accepted, report.quarantined) == (0, {_CONFLICT: 1})
+    m3 = manifest.read_manifest(s3, cfg)
+    assert m3.conflicts == {sha: ("cloudy", "rain", "sunrise")}
+    assert (m3.objects[third].status, m3.objects[third].reason) == ("quarantined", _CONFLICT)
+    assert _records(s3, cfg)[third] == ("v000003", _CONFLICT)
+
+
+def test_the_same_label_again_is_a_duplicate(cfg, s3) -> None:
+    same = image_bytes("JPEG", seed=330)
+    sha = hashlib.sha256(same).hexdigest()
+    first = _put(s3, cfg, "shine_1.jpg", same)
+    ingest.ingest(cfg, s3)
+    again = _put(s3, cfg, "later/shine_2.jpg", same)
+    report = ingest.ingest(cfg, s3)
+    assert (report.accepted, report.duplicate, report.quarantined) == (0, 1, {})
+    m = manifest.read_manifest(s3, cfg)
+    assert m.images[sha].source_keys == (first, again) and m.conflicts == {}
+    assert m.objects[again].status == "duplicate"
+    assert _records(s3, cfg) == {}
+
+
+_X, _Y, _Z = (image_bytes("JPEG", seed=s) for s in (340, 341, 342))
+_KEYS = {  # name -> content: X under shine (twice), rain and cloudy; Y twice as sunrise
+    "shine_1.jpg": _X,
+    "shine_2.jpg": _X,
+    "rain_1.jpg": _X,
+    "cloudy_x.jpg": _X,
+    "sunrise_1.jpg": _Y,
+    "sunrise_2.jpg": _Y,
+    "cloudy_1.jpg": _Z,
+}
+_ORDERS = {
+    "accepted_first": [
+        ["shine_1.jpg", "sunrise_1.jpg", "cloudy_1.jpg"],
+        ["shine_2.jpg"],
+        ["rain_1.jpg"],
+        ["cloudy_x.jpg", "sunrise_2.jpg"],
+    ],
+    "conflict_first": [
+        ["rain_1.jpg", "shine_1.jpg"],
+        ["cloudy_1.jpg", "sunrise_1.jpg", "shine_2.jpg"],
+        ["cloudy_x.jpg", "sunrise_2.jpg"],
+    ],
+}
+
+
+def test_the_rule_does_not_depend_on_arrival_order(cfg, s3) -> None:
+    def run(name: str, batches: list[list[str]]) -> tuple[dict, dict, dict]:
+        c = config.override(cfg, bucket=f"{cfg.bucket}-{name.replace('_', '-')}")
+        s3.create_bucket(Bucket=c.bucket)
+        for batch in batches:
+            for key in batch:
+                _put(s3, c, key, _KEYS[key])
+            ingest.ingest(c, s3)
+        return _outcome(manifest.read_manifest(s3, c))
+
+    one_batch = run("one", [list(_KEYS)])
+    sha = {content: hashlib.sha256(content).hexdigest() for content in (_X, _Y, _Z)}
+    images, conflicts, objects = one_batch
+    assert images == {
+        sha[_Y]: ("sunrise", ("incoming/sunrise_1.jpg", "incoming/sunrise_2.jpg")),
+        sha[_Z]: ("cloudy", ("incoming/cloudy_1.jpg",)),
+    }
+    assert conflicts == {sha[_X]: ("cloudy", "rain", "shine")}
+    assert {k for k, (status, _, _) in objects.items() if status == "quarantined"} == {
+        "incoming/" + k for k, v in _KEYS.items() if v == _X
+    }
+    for name, batches in _ORDERS.items():
+        assert run(name, batches) == one_batch, name
+
+
+def test_a_lost_manifest_race_writes_and_deletes_nothing(cfg, s3, monkeypatch) -> None:
+    """Another ingest (its own incoming prefix, the same manifests) writes v000001 while
+    this one runs; it lists the content this run finds conflicting, so the curated object
+    must stay, and this run must leave no quarantine record."""
+    same = image_bytes("JPEG", seed=350)
+    sha = hashlib.sha256(same).hexdigest()
+    a = _put(s3, cfg, "a/cloudy_1.jpg", same)
+    b = _put(s3, cfg, "b/sunrise_1.jpg", same)
+    rival = config.override(cfg, incoming_prefix="other/")
+    rival_key = _put(s3, rival, "shine_1.jpg", same)
+    real_merge = ingest._merge
+    raced: list[ingest.IngestReport] = []
+
+    def merge_then_lose_the_race(
+        base: manifest.Manifest, outcomes: list[ingest._Outcome]
+    ) -> ingest._Merge:
+        merged = real_merge(base, outcomes)
+        monkeypatch.setattr(ingest, "_merge", real_merge)  # the rival merges as usual
+        raced.append(ingest.ingest(rival, s3))
+        return merged
+
+    monkeypatch.setattr(ingest, "_merge", merge_then_lose_the_race)
+    with pytest.raises(manifest.ManifestError, match="v000001.json already exists") as lost:
+        ingest.ingest(cfg, s3)
+    assert lost.value.transient  # Airflow retries: the rerun applies its batch on top
+    assert raced[0].manifest_version == "v000001" and raced[0].accepted == 1
+    m1 = manifest.read_manifest(s3, cfg)
+    assert m1.images[sha].source_keys == (rival_key,)
+    assert _curated(s3, cfg, sha)  # the winner lists it
+    assert _records(s3, cfg) == {}
+
+    report = ingest.ingest(cfg, s3)  # the rerun applies the rule on top of the winner
+    assert (report.manifest_version, report.quarantined) == ("v000002", {_CONFLICT: 2})
+    assert report.requarantined == 1
+    m2 = manifest.read_manifest(s3, cfg)
+    assert m2.conflicts == {sha: ("cloudy", "shine", "sunrise")} and sha not in m2.images
+    assert _records(s3, cfg) == {k: ("v000002", _CONFLICT) for k in (a, b, rival_key)}
+    assert _curated(s3, cfg, sha)  # v000001 lists it
+    record = storage.get_json(
+        s3, cfg.bucket, next(iter(_snapshot(s3, cfg.bucket, cfg.quarantine_prefix)))
+    )
+    assert set(record) >= {"size", "etag", "detail", "label", "sha256"}
+
+
+def test_a_failed_manifest_write_leaves_no_quarantine_record(
+    cfg, s3, s3_server, monkeypatch
+) -> None:
+    same = image_bytes("JPEG", seed=360)
+    sha = hashlib.sha256(same).hexdigest()
+    keys = [_put(s3, cfg, "a/cloudy_1.jpg", same), _put(s3, cfg, "b/rain_1.jpg", same)]
+    unlabelled = _put(s3, cfg, "photo.jpg", image_bytes("JPEG", seed=361))
+    _put(s3, cfg, "shine_1.jpg", image_bytes("JPEG", seed=362))
+    proxy = FlakyProxy(int(s3_server.url.rsplit(":", 1)[1]))
+    real_merge = ingest._merge
+
+    def merge_then_die(base: manifest.Manifest, outcomes: list[ingest._Outcome]) -> ingest._Merge:
+        merged = real_merge(base, outcomes)
+        proxy.die_after(0)  # the next request is the manifest's PUT
+        return merged
+
+    try:
+        via_proxy = config.override(cfg, s3_endpoint_url=proxy.url, s3_max_attempts=2)
+        monkeypatch.setattr(ingest, "_merge", merge_then_die)
+        with pytest.raises(BotoCoreError):
+            ingest.ingest(via_proxy, storage.make_client(via_proxy))
+    finally:
+        proxy.close()
+    assert manifest.list_versions(s3, cfg) == []
+    assert _records(s3, cfg) == {}
+    assert _curated(s3, cfg, sha)  # stored, but left for the run that writes a manifest
+
+    monkeypatch.setattr(ingest, "_merge", real_merge)
+    report = ingest.ingest(cfg, s3)
+    assert (report.accepted, report.quarantined) == (1, {_CONFLICT: 2, "no_class": 1})
+    assert _records(s3, cfg) == {
+        keys[0]: ("v000001", _CONFLICT),
+        keys[1]: ("v000001", _CONFLICT),
+        unlabelled: ("v000001", "no_class"),
+    }
+    assert not _curated(s3, cfg, sha)
+
+
+def test_reupload_restores_a_missing_curated_image(cfg, s3, caplog) -> None:
+    jpeg, gif = image_bytes("JPEG", seed=370), GOOD["gif"][0]
+    kept = image_bytes("JPEG", seed=371)
+    _put(s3, cfg, "shine_1.jpg", jpeg)
+    _put(s3, cfg, "rain_1.gif", gif)
+    _put(s3, cfg, "cloudy_1.jpg", kept)
+    ingest.ingest(cfg, s3)
+    m1 = manifest.read_manifest(s3, cfg)
+    lost = [m1.images[hashlib.sha256(body).hexdigest()] for body in (jpeg, gif)]
+    for rec in lost:
+        s3.delete_object(Bucket=cfg.bucket, Key=manifest.curated_key(cfg, rec.sha256, rec.ext))
+
+    _put(s3, cfg, "again/shine_1.jpg", jpeg)
+    _put(s3, cfg, "again/rain_1.gif", gif)
+    _put(s3, cfg, "again/rain_2.gif", gif)  # two copies in one batch: restored once
+    _put(s3, cfg, "again/cloudy_1.jpg", kept)  # still there: nothing to restore
+    report = ingest.ingest(cfg, s3)
+
+    assert (report.duplicate, report.restored) == (4, 2)
+    assert "2 missing curated images restored" in report.summary()
+    assert manifest.read_manifest(s3, cfg).images.keys() == m1.images.keys()
+    fetched = manifest.fetch_images(s3, cfg, lost)  # verifies stored_sha256
+    assert [label for _, label in fetched] == ["shine", "rain"]
+
+    # A copy that converts to another file than the manifest lists is not stored.
+    rec = lost[1]
+    s3.delete_object(Bucket=cfg.bucket, Key=manifest.curated_key(cfg, rec.sha256, rec.ext))
+    m2 = manifest.read_manifest(s3, cfg)
+    tampered = dataclasses.replace(rec, stored_sha256="0" * 64)
+    manifest.write_manifest(
+        s3,
+        cfg,
+        dataclasses.replace(
+            m2, version="v000003", parent=m2.version, images={**m2.images, rec.sha256: tampered}
+        ),
+    )
+    _put(s3, cfg, "third/rain_3.gif", gif)
+    report = ingest.ingest(cfg, s3)
+    assert (report.duplicate, report.restored) == (1, 0)
+    assert not _curated(s3, cfg, rec.sha256, rec.ext)
+    assert manifest.read_manifest(s3, cfg).images[rec.sha256].stored_sha256 == "0" * 64
+    assert "cannot be restored" in caplog.text
