@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from weather_tasks.config import PipelineConfig
 
 S3_CONN_ID = "weather_s3"
+ENDED_BY_CALLBACK = "on_failure_callback of task train (its process died without ending the run)"
 
 # I/O tasks retry transient S3/MLflow failures (503, timeouts, refused connections) with
 # exponential backoff; permanent ones (bad config, missing bucket, access denied) raise
@@ -107,6 +108,19 @@ def _fail_fast_on_permanent_errors() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _end_abandoned_training(context: Any) -> None:
+    """``train`` failed for good: mark its MLflow runs still RUNNING as FAILED.
+
+    Best effort: a killed worker may never run this (the scheduler hands a lost task's callback
+    to the dag-processor, if it can). A retry does the same at its start, in ``train_model``.
+    """
+    from weather_tasks import tracking
+
+    cfg = run_config(context.get("params"))
+    with tracking.mlflow_errors(cfg):
+        tracking.fail_abandoned_runs(cfg, context["run_id"], ENDED_BY_CALLBACK)
+
+
 @dag(
     dag_id="weather_retrain",
     schedule=SCHEDULE,
@@ -130,11 +144,13 @@ def weather_retrain() -> None:
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def anything_new(ingested: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
-        """Skip training when no new image was accepted, unless ``force_retrain``."""
-        return ingested["accepted"] > 0 or run_config(params).force_retrain
+        """Train when the dataset changed (new images accepted, or content taken out by a
+        label conflict) or on ``force_retrain``; otherwise skip the rest of the night."""
+        changed = ingested["accepted"] > 0 or ingested["requarantined"] > 0
+        return changed or run_config(params).force_retrain
 
     @task(queue="gpu", retries=1, retry_delay=timedelta(minutes=5),
-          execution_timeout=timedelta(hours=8))
+          execution_timeout=timedelta(hours=8), on_failure_callback=_end_abandoned_training)
     def train(
         ingested: dict[str, Any],
         params: dict[str, Any] | None = None,
@@ -173,8 +189,8 @@ def weather_retrain() -> None:
         from weather_tasks import registry
 
         with _fail_fast_on_permanent_errors():
-            cfg = run_config(params)
-            result = registry.promote_if_better(cfg, evaluation, airflow_run_id=run_id)
+            cfg, s3 = _night(params)  # S3 for the promotion lease, from the weather_s3 connection
+            result = registry.promote_if_better(cfg, evaluation, airflow_run_id=run_id, s3=s3)
         if result.failed:  # the champion moved since evaluation: re-evaluating is the fix
             raise AirflowFailException(f"promotion refused: {result.reason}")
         promoted = result.as_dict()

@@ -97,6 +97,8 @@ class PipelineConfig:
                                    **_REQUIRED)
     quarantine_prefix: str = _setting("quarantine/", "rejected objects with their reasons",
                                       **_REQUIRED)
+    locks_prefix: str = _setting("locks/", "leases that serialize promotions and rollbacks",
+                                 **_REQUIRED)
     s3_endpoint_url: str | None = _setting(
         None, "S3 endpoint for MinIO or a local server (empty: AWS)"
     )
@@ -160,6 +162,12 @@ class PipelineConfig:
     )
     experiment_name: str = _setting("weather-retrain", "MLflow experiment")
     registered_model: str = _setting("weather-classifier", "MLflow registered model")
+    # The promotion lease (weather_tasks.lease): the expiry frees the lease of a holder that
+    # died, so it must exceed the longest promotion (MLflow retries x timeout).
+    lease_expiry: float = _setting(600.0, "seconds after which a promotion lease whose holder "
+                                   "died may be taken over", minimum=1, maximum=86_400)
+    lease_wait: float = _setting(120.0, "seconds to wait for a promotion lease another run "
+                                 "holds", minimum=0, maximum=3600)
     # Champion/challenger decision.
     accuracy_floor: float = _setting(0.70, "accuracy a first champion needs", minimum=0,
                                      maximum=1)
@@ -408,14 +416,14 @@ def _validate(c: PipelineConfig) -> None:
         "bucket",
         f"{c.bucket!r} is not a valid bucket name (3-63 lower-case characters)",
     )
-    for name in ("incoming_prefix", "curated_prefix", "quarantine_prefix"):
+    for name in ("incoming_prefix", "curated_prefix", "quarantine_prefix", "locks_prefix"):
         value = getattr(c, name)
         _require(
             value.endswith("/") and not value.startswith("/"),
             name,
             f"{value!r} must end with '/' and not start with it",
         )
-    prefixes = [c.incoming_prefix, c.curated_prefix, c.quarantine_prefix]
+    prefixes = [c.incoming_prefix, c.curated_prefix, c.quarantine_prefix, c.locks_prefix]
     for a in prefixes:
         for b in prefixes:
             _require(

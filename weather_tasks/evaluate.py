@@ -186,6 +186,8 @@ def read_evaluation(cfg: PipelineConfig, run_id: str) -> EvalReport:
     try:
         data = tracking.load_run_dict(tracking.client(cfg), run_id, artifact)
     except Exception as exc:  # noqa: BLE001 - MlflowException or OSError depending on store
+        if tracking.tracking_error(exc, cfg) is not None:
+            raise  # the server is unreachable or failing: the entry point says so (transient)
         raise EvaluationError(
             f"run {run_id} has no {artifact}; run `weather evaluate {run_id}` first"
         ) from exc

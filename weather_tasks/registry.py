@@ -4,12 +4,19 @@ Only a run whose evaluation says "promote" becomes a model version of
 ``cfg.registered_model``; it gets alias ``champion`` and the version it replaced gets alias
 ``previous`` (it keeps its version number). Aliases, never stages (deprecated in MLflow 3).
 
-Idempotent: a run is registered at most once (versions are looked up by run id), so a retried
-promote task finds its version and only finishes moving the aliases. Race guard: the champion
-is re-read just before the alias moves; if it is no longer the version the evaluation compared
-against, promotion is refused (re-evaluate against the new champion). The registry has no
-compare-and-set on aliases, so the guard narrows the window rather than closing it; the DAG's
-``max_active_runs=1`` is what serializes promotions.
+Idempotent: a run is registered at most once (versions are looked up by run id), with its
+tags in the same request, so a promotion that failed at any step (MLflow gone between the
+registration and the alias moves, say) leaves at most a version without alias, which the retry
+finds and finishes: it moves the aliases and writes the ``promoted_at`` tag.
+
+Serialized: the registry has no compare-and-set on aliases, so two promotions that each read
+the champion could both see the old one and both move it. Every promotion and rollback (the
+DAG's promote task and ``weather promote``/``weather rollback`` alike, since both call these
+functions) holds the S3 lease ``<locks_prefix>promotion/<registered model>.json``
+(:mod:`weather_tasks.lease`) around "read the champion, register, move the aliases". Inside it
+the champion read is current: if it is no longer the version the evaluation compared against,
+promotion is refused (re-evaluate against the new champion) before anything is registered. The
+champion is re-read once more right before the alias move, for a holder that outlived its lease.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from weather_tasks import tracking
+from weather_tasks import lease, storage, tracking
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.evaluate import EvalReport, read_evaluation
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +116,13 @@ def promote_if_better(
     run_id_or_eval_report: str | EvalReport | Mapping[str, Any],
     *,
     airflow_run_id: str | None = None,
+    s3: S3Client | None = None,
 ) -> PromoteReport:
     """Register the evaluated run's model and make it champion, if its evaluation says so.
 
     Accepts a run id (the evaluation is read from the run), an :class:`EvalReport`, or its
-    ``as_dict()`` (what the DAG passes through XCom).
+    ``as_dict()`` (what the DAG passes through XCom). Holds the promotion lease (on ``s3``,
+    default a client from ``cfg``) from the champion read to the alias move.
     """
     if isinstance(run_id_or_eval_report, str):
         report = read_evaluation(cfg, run_id_or_eval_report)
@@ -140,47 +150,61 @@ def promote_if_better(
         (log.warning if out.failed else log.info)("promotion: %s", out.summary())
         return out
 
-    current = tracking.alias_version(client, name, tracking.CHAMPION)
-    existing = _version_of_run(client, name, report.run_id)
-    if existing is not None and current == existing:
+    owner = lease.owner_name(airflow_run_id)
+    with lease.hold(cfg, s3 or storage.make_client(cfg), _lease_name(cfg), owner):
+        champion = tracking.alias_model_version(client, name, tracking.CHAMPION)
+        current = None if champion is None else str(champion.version)
+        existing = _version_of_run(client, name, report.run_id)
+        if champion is not None and current == existing:
+            if tracking.VERSION_PROMOTED_AT_TAG not in champion.tags:  # an interrupted promotion
+                _mark_promoted(client, name, str(champion.version), report.run_id)
+            return result(
+                "already_champion", existing,
+                tracking.alias_version(client, name, tracking.PREVIOUS),
+                f"run {report.run_id} already is {name}@champion (v{existing}); nothing to do",
+            )
+        if not report.promote:
+            return result("not_better", existing, None, "; ".join(report.decision.reasons))
+        if current != report.champion_version:
+            return result(
+                "refused_champion_changed", existing, None,
+                f"champion changed since evaluation (evaluated against "
+                f"v{report.champion_version or 'none'}, now v{current or 'none'}); re-evaluate",
+            )
+
+        if existing is None:
+            existing = _register(client, cfg, report, airflow_run_id)
+
+        # Under the lease nobody else moves the champion; this re-read catches a holder that
+        # took longer than lease_expiry, whose lease another promotion may have taken over.
+        now = tracking.alias_version(client, name, tracking.CHAMPION)
+        if now != report.champion_version:
+            return result(
+                "refused_champion_changed", existing, None,
+                f"champion changed during promotion (expected "
+                f"v{report.champion_version or 'none'}, found v{now or 'none'}); v{existing} "
+                "stays registered without alias",
+            )
+        tracking.move_champion(client, name, existing, now)
+        _mark_promoted(client, name, existing, report.run_id)
         return result(
-            "already_champion", existing, tracking.alias_version(client, name, tracking.PREVIOUS),
-            f"run {report.run_id} already is {name}@champion (v{existing}); nothing to do",
-        )
-    if not report.promote:
-        return result("not_better", existing, None, "; ".join(report.decision.reasons))
-    if current != report.champion_version:
-        return result(
-            "refused_champion_changed", existing, None,
-            f"champion changed since evaluation (evaluated against "
-            f"v{report.champion_version or 'none'}, now v{current or 'none'}); re-evaluate",
+            "promoted", existing, now,
+            "; ".join(report.decision.reasons) or "evaluation says promote",
         )
 
-    if existing is None:
-        existing = _register(client, cfg, report, airflow_run_id)
 
-    # Race guard: re-read right before the alias moves, after the (slow) registration.
-    now = tracking.alias_version(client, name, tracking.CHAMPION)
-    if now != report.champion_version:
-        return result(
-            "refused_champion_changed", existing, None,
-            f"champion changed during promotion (expected v{report.champion_version or 'none'}, "
-            f"found v{now or 'none'}); v{existing} stays registered without alias",
-        )
-    tracking.move_champion(client, name, existing, now)
-    client.set_model_version_tag(
-        name, existing, tracking.VERSION_PROMOTED_AT_TAG,
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    client.set_tag(report.run_id, "registry.version", existing)
-    return result(
-        "promoted", existing, now,
-        "; ".join(report.decision.reasons) or "evaluation says promote",
-    )
+def rollback(
+    cfg: PipelineConfig, to_version: str | int | None = None, *, s3: S3Client | None = None
+) -> RollbackReport:
+    """Move ``champion`` to ``previous`` (or ``to_version``); the replaced one becomes previous.
+
+    Holds the promotion lease (on ``s3``, default a client from ``cfg``), like a promotion.
+    """
+    with lease.hold(cfg, s3 or storage.make_client(cfg), _lease_name(cfg), lease.owner_name()):
+        return _rollback(cfg, to_version)
 
 
-def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> RollbackReport:
-    """Move ``champion`` to ``previous`` (or ``to_version``); the replaced one becomes previous."""
+def _rollback(cfg: PipelineConfig, to_version: str | int | None) -> RollbackReport:
     from mlflow.exceptions import MlflowException
 
     client = tracking.client(cfg)
@@ -204,6 +228,21 @@ def rollback(cfg: PipelineConfig, to_version: str | int | None = None) -> Rollba
     )
     log.warning("rollback: %s@champion v%s -> v%s", name, current, target)
     return RollbackReport(name, current, target, changed=True)
+
+
+def _lease_name(cfg: PipelineConfig) -> str:
+    """One lease per registered model: promotions of different models do not wait on each other."""
+    return f"promotion/{cfg.registered_model}"
+
+
+def _mark_promoted(client: MlflowClient, name: str, version: str, run_id: str) -> None:
+    """The bookkeeping after the alias move: when the version became champion, and on the run,
+    which version it is."""
+    client.set_model_version_tag(
+        name, version, tracking.VERSION_PROMOTED_AT_TAG,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    client.set_tag(run_id, "registry.version", version)
 
 
 def _register(

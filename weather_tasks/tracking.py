@@ -7,7 +7,8 @@ Evaluator's blessing by a name defined once):
   artifact paths of reports and plots, the run and model-version tags read across modules;
 - URI builders (``runs:/``, ``models:/``) and the champion Asset's name and URI;
 - the explicit client (:func:`client`), the not-found lookup of an alias
-  (:func:`alias_version`) and the alias move (:func:`move_champion`);
+  (:func:`alias_version`), the alias move (:func:`move_champion`) and the end of the runs a
+  killed training left RUNNING (:func:`fail_abandoned_runs`);
 - the MLflow UI's base URL and run page (:func:`ui_url`, :func:`run_url`).
 
 Process-wide MLflow state: MLflow's fluent API (``start_run``, ``log_model``,
@@ -54,6 +55,10 @@ CONFUSION_MATRIX_VAL_PLOT = "plots/confusion_matrix_val.png"
 MANIFEST_VERSION_TAG = "manifest_version"
 AIRFLOW_RUN_ID_TAG = "airflow_run_id"
 SETTINGS_DIGEST_TAG = "training_settings_sha256"
+# Why a run was ended by someone else than its own process (fail_abandoned_runs).
+TERMINATED_BY_TAG = "weather.terminated_by"
+# How many per-epoch metric points the run lacks (MLflow could not take them; train writes).
+METRICS_INCOMPLETE_TAG = "weather.metrics_incomplete"
 
 # --- tags evaluate writes on the challenger's run ---------------------------------------------
 EVAL_PROMOTE_TAG = "evaluation.promote"
@@ -189,6 +194,36 @@ def client(cfg: PipelineConfig) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.mlflow_tracking_uri)
+
+
+def airflow_run_filter(airflow_run_id: str) -> str:
+    """The ``search_runs`` filter for the training runs of one Airflow run."""
+    quoted = airflow_run_id.replace("'", "\\'")
+    return f"tags.{AIRFLOW_RUN_ID_TAG} = '{quoted}'"
+
+
+def fail_abandoned_runs(cfg: PipelineConfig, airflow_run_id: str, ended_by: str) -> list[str]:
+    """Mark this Airflow run's training runs still RUNNING as FAILED (tag ``TERMINATED_BY_TAG``
+    = ``ended_by``); their run ids.
+
+    A training process killed mid-run (SIGKILL, out of memory, a lost worker) cannot end its
+    own run, which would stay RUNNING for ever. One Airflow run has one train attempt alive
+    at a time, so when the next attempt starts (or the task has failed), a RUNNING run with
+    its id is a dead attempt's. Runs of other Airflow runs, and manual runs (no id), are never
+    touched: they may be training right now.
+    """
+    mlflow_client = client(cfg)
+    experiment = mlflow_client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is None:
+        return []
+    runs = mlflow_client.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"{airflow_run_filter(airflow_run_id)} and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        mlflow_client.set_tag(run.info.run_id, TERMINATED_BY_TAG, ended_by)
+        mlflow_client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in runs]
 
 
 def alias_model_version(

@@ -4,7 +4,8 @@ The recipe itself (model, optimizer, callbacks, precision, float32 export) is
 :mod:`weather_tasks.recipe`; this module is its tracking: one MLflow run per training, with
 
 - every config value as a param, plus the resolved precision and the split sizes;
-- per-epoch loss, accuracy, val_loss, val_accuracy and learning rate (:class:`_MlflowEpochLogger`);
+- per-epoch loss, accuracy, val_loss, val_accuracy and learning rate (:class:`_MlflowEpochLogger`:
+  a tracking server that cannot take them never stops the training; see there);
 - the manifest as an MLflow dataset input (its digest and S3 URI);
 - a learning-curve plot, a confusion matrix on the val split and the val report
   (:mod:`weather_tasks.plots`, :mod:`weather_tasks.metrics`), computed with the restored best
@@ -12,6 +13,12 @@ The recipe itself (model, optimizer, callbacks, precision, float32 export) is
 - tags for the manifest version, code version, settings digest and Airflow run id;
 - the float32 model as a pyfunc (:func:`weather_tasks.model_package.log_model`);
 - last, the train report: a finished run with it is a complete training.
+
+The summary metrics, the evaluation artifacts, the model and the report are essential: if
+MLflow cannot take them (after its own HTTP retries), the training fails (the DAG task and the
+CLI see a transient :class:`weather_tasks.tracking.TrackingError`; Airflow retries it). A
+retry (any ``train_model`` with the same ``airflow_run_id``) first marks the runs a killed
+attempt left RUNNING as FAILED (:func:`weather_tasks.tracking.fail_abandoned_runs`).
 
 MLflow's fluent API logs to the process's tracking server, which the entry point sets
 (:func:`weather_tasks.tracking.configure_process`); reads go through ``tracking.client(cfg)``.
@@ -24,6 +31,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 
 from weather_tasks import data, manifest, metrics, model_package, plots, recipe, storage, tracking
 from weather_tasks.config import PipelineConfig
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BEST_CHECKPOINT_NOTE = "weights of the best val_accuracy epoch restored (ModelCheckpoint)"
+ENDED_BY_RETRY = "train_model: a later attempt of the same Airflow run (this one's process died)"
 
 
 @dataclass(frozen=True)
@@ -95,12 +105,22 @@ def train_model(
     Idempotent per Airflow run: when ``airflow_run_id`` is given and a finished run of the
     same Airflow run, manifest version and training settings exists, its report is returned
     and nothing is trained or logged again (a cleared task does not make a second model).
+    With ``airflow_run_id``, the runs of that Airflow run left RUNNING by a killed attempt are
+    marked FAILED first; without one (the CLI) no run is marked, since a run without an
+    Airflow run id may be another training going on right now.
     """
     tracking.check_process(cfg)
     s3 = storage.make_client(cfg) if s3 is None else s3
     version = manifest_version or manifest.read_manifest(s3, cfg).version
     settings_digest = training_settings_digest(cfg)
     if airflow_run_id:
+        for abandoned in tracking.fail_abandoned_runs(cfg, airflow_run_id, ENDED_BY_RETRY):
+            log.warning(
+                "MLflow run %s of Airflow run %s was left RUNNING by a killed attempt: "
+                "marked FAILED",
+                abandoned,
+                airflow_run_id,
+            )
         previous = _finished_report(cfg, airflow_run_id, version, settings_digest)
         if previous is not None:
             log.info("run %s already trained this; reusing it", previous.run_id)
@@ -108,6 +128,7 @@ def train_model(
 
     device = recipe.configure_devices()
     precision = recipe.resolve_precision(cfg.precision, has_gpu=device.startswith("GPU"))
+    recipe.seed_process(cfg)  # before the datasets: their seeds combine with the global one
     training = data.load_training_data(cfg, s3, version)
     m = training.manifest
     log.info("manifest %s: %s", m.version, training.counts())
@@ -143,12 +164,13 @@ def train_model(
         )
         _log_dataset(cfg, m, training)
         timer = recipe.EpochTimer()
+        epoch_logger = _MlflowEpochLogger(cfg, run.info.run_id, timer)
         with recipe.precision_policy(precision):
             model = recipe.build_and_compile(cfg)
             fit = recipe.fit(
                 model, cfg, training.train.dataset, training.val.dataset,
                 n_train=training.train.size, checkpoint_dir=Path(tmp),
-                timer=timer, callbacks=[_MlflowEpochLogger(timer)],
+                timer=timer, callbacks=[epoch_logger],
             )
         serving_model = recipe.float32_copy(model, cfg)
 
@@ -162,6 +184,9 @@ def train_model(
                 "train_seconds": fit.train_seconds,
             }
         )
+        # The server has just taken the essential metrics: send what it refused during fit,
+        # before log_model links the run's metrics to the model.
+        epoch_logger.finish()
         model_uri = model_package.log_model(serving_model, cfg, training.val.paths[0])
         report = TrainReport(
             run_id=run.info.run_id,
@@ -206,11 +231,10 @@ def _finished_report(
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     if experiment is None:
         return None
-    quoted = airflow_run_id.replace("'", "\\'")
     runs = client.search_runs(
         experiment_ids=[experiment.experiment_id],
         filter_string=(
-            f"tags.{tracking.AIRFLOW_RUN_ID_TAG} = '{quoted}' "
+            f"{tracking.airflow_run_filter(airflow_run_id)} "
             f"and tags.{tracking.MANIFEST_VERSION_TAG} = '{version}' "
             f"and tags.{tracking.SETTINGS_DIGEST_TAG} = '{settings_digest}' "
             "and attributes.status = 'FINISHED'"
@@ -249,11 +273,23 @@ def _log_dataset(cfg: PipelineConfig, m: manifest.Manifest, training: data.Train
 
 
 class _MlflowEpochLogger(keras.callbacks.Callback):
-    """One ``log_metrics`` call per epoch: losses, accuracies and the epoch's LR."""
+    """One ``log_batch`` call per epoch: losses, accuracies and the epoch's LR.
 
-    def __init__(self, timer: recipe.EpochTimer) -> None:
+    An epoch's metrics are worth less than the training: when the tracking server cannot take
+    them (MLflow's own HTTP retries spent on 5xx answers, timeouts or refused connections), a
+    one-line warning names the server, the points are kept and sent again with the next
+    epoch's, and a last time by :meth:`finish` once the essential metrics have gone through.
+    The points still missing then are counted in the run's ``METRICS_INCOMPLETE_TAG``. Any other
+    MLflow error (a bad value, a deleted run) is a bug and stops the training.
+    """
+
+    def __init__(self, cfg: PipelineConfig, run_id: str, timer: recipe.EpochTimer) -> None:
         super().__init__()
+        self.cfg = cfg
+        self.run_id = run_id
         self.timer = timer
+        self.client = tracking.client(cfg)
+        self.pending: list[Metric] = []
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         logs = logs or {}
@@ -263,7 +299,44 @@ class _MlflowEpochLogger(keras.callbacks.Callback):
         values["lr"] = self.timer.learning_rates[epoch]
         if epoch < len(self.timer.train_seconds):
             values["epoch_train_seconds"] = self.timer.train_seconds[epoch]
-        mlflow.log_metrics(values, step=epoch)
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, v, now, epoch) for k, v in values.items()]
+        error = self._send_pending()
+        if error is not None:
+            log.warning(
+                "epoch %d metrics not logged (training goes on; %d points kept to send with "
+                "the next epoch's): %s",
+                epoch + 1,
+                len(self.pending),
+                error,
+            )
+
+    def finish(self) -> None:
+        """Send what is still pending; tag the run with the count of points that stay missing."""
+        error = self._send_pending()
+        if error is None:
+            return
+        log.warning(
+            "%d epoch metric points of run %s are missing (tag %s): %s",
+            len(self.pending),
+            self.run_id,
+            tracking.METRICS_INCOMPLETE_TAG,
+            error,
+        )
+        self.client.set_tag(self.run_id, tracking.METRICS_INCOMPLETE_TAG, len(self.pending))
+
+    def _send_pending(self) -> tracking.TrackingError | None:
+        """One batch of every pending point (resent ones keep their timestamps: MLflow stores a
+        point once); the error when the server could not take it."""
+        if not self.pending:
+            return None
+        try:
+            with tracking.mlflow_errors(self.cfg):
+                self.client.log_batch(self.run_id, metrics=self.pending)
+        except tracking.TrackingError as error:
+            return error
+        self.pending = []
+        return None
 
 
 def _log_evaluation_artifacts(

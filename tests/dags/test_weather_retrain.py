@@ -124,6 +124,33 @@ def test_training_runs_on_the_gpu_queue_with_a_timeout(dag: Any) -> None:
     assert "gpu" not in others
 
 
+def test_failed_training_ends_its_mlflow_runs(dag: Any) -> None:
+    """A killed training cannot end its MLflow run: the task's failure callback does."""
+    callbacks = dag.get_task("train").on_failure_callback
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    assert [c.__name__ for c in callbacks] == ["_end_abandoned_training"]
+
+
+def test_failure_callback_reaches_mlflow_for_its_airflow_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The callback builds the run's config from its params and asks the configured tracking
+    server (here, where nothing listens) for that run's runs: one transient line naming it."""
+    from devtools.local_services import free_port
+    from weather_tasks.tracking import TrackingError
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    module = _load(
+        DAGS / "weather_retrain.py",
+        monkeypatch,
+        WEATHER_MLFLOW_TRACKING_URI=uri,
+        WEATHER_MLFLOW_HTTP_RETRIES="0",
+    )
+    with pytest.raises(TrackingError, match=f"{uri}: cannot connect") as caught:
+        module._end_abandoned_training({"params": {"epochs": 3}, "run_id": "manual__x"})
+    assert caught.value.transient and "\n" not in str(caught.value)
+
+
 def test_report_runs_on_nothing_new_nights(dag: Any) -> None:
     """The short-circuit skips training but not the report (its trigger rule lets it run)."""
     assert dag.get_task("report").trigger_rule == "none_failed"
@@ -132,12 +159,16 @@ def test_report_runs_on_nothing_new_nights(dag: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("accepted", "force", "expected"),
-    [(0, False, False), (0, True, True), (3, False, True), (1, True, True)],
+    ("accepted", "requarantined", "force", "expected"),
+    [(0, 0, False, False), (0, 0, True, True), (3, 0, False, True), (1, 0, True, True),
+     (0, 2, False, True)],  # content taken out of the dataset by a label conflict: retrain
 )
-def test_short_circuit_rule(dag: Any, accepted: int, force: bool, expected: bool) -> None:
+def test_short_circuit_rule(
+    dag: Any, accepted: int, requarantined: int, force: bool, expected: bool
+) -> None:
     decide = dag.get_task("anything_new").python_callable
-    assert decide({"accepted": accepted}, params={"force_retrain": force}) is expected
+    ingested = {"accepted": accepted, "requarantined": requarantined}
+    assert decide(ingested, params={"force_retrain": force}) is expected
 
 
 # --- params ---------------------------------------------------------------------------------
@@ -243,7 +274,7 @@ def test_force_retrain_from_env_or_param(
     """A switch left off in the form keeps the deployment's WEATHER_FORCE_RETRAIN."""
     monkeypatch.setenv("WEATHER_FORCE_RETRAIN", env)
     decide = dag.get_task("anything_new").python_callable
-    assert decide({"accepted": 0}, params={"force_retrain": param}) is forced
+    assert decide({"accepted": 0, "requarantined": 0}, params={"force_retrain": param}) is forced
 
 
 def test_run_config_points_the_task_process_at_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -209,6 +209,14 @@ def test_unreachable_mlflow_fails_in_seconds_naming_the_uri(tmp_path: Path) -> N
     assert seconds < 60  # MLflow's own defaults: about 250 s
 
 
+def test_promote_with_mlflow_unreachable_names_the_server_not_a_missing_evaluation() -> None:
+    uri = _closed_url()
+    out, _ = _weather("promote", "0123abc", WEATHER_MLFLOW_TRACKING_URI=uri)
+    assert out.returncode == 1
+    line = _one_line(out.stderr)
+    assert uri in line and "cannot connect" in line and "evaluation" not in line
+
+
 # --- the mapping: transient or permanent --------------------------------------------------------
 def test_server_gone_mid_run_is_transient_and_names_the_request(cfg, s3, s3_server) -> None:
     for i in range(12):

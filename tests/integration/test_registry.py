@@ -187,9 +187,16 @@ def test_tiny_end_to_end(
     assert (p3.status, p3.version, p3.previous_version) == ("promoted", "2", "1")
     assert _aliases(rcfg) == {"champion": "2", "previous": "1"}
 
+    # Every promotion released the promotion lease it held.
+    locks = world["s3"].list_objects_v2(Bucket=rcfg.bucket, Prefix=rcfg.locks_prefix)
+    assert locks.get("KeyCount") == 0, locks.get("Contents")
+
     # Rollback through the CLI: champion back to previous; previous now the rolled-back one.
+    # The CLI takes the promotion lease on the same bucket as the promotions above.
     monkeypatch.setenv("WEATHER_MLFLOW_TRACKING_URI", rcfg.mlflow_tracking_uri)
     monkeypatch.setenv("WEATHER_REGISTERED_MODEL", rcfg.registered_model)
+    monkeypatch.setenv("WEATHER_BUCKET", rcfg.bucket)
+    monkeypatch.setenv("WEATHER_S3_ENDPOINT_URL", rcfg.s3_endpoint_url or "")
     capsys.readouterr()
     assert cli.main(["rollback", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
