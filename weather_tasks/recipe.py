@@ -83,13 +83,23 @@ def precision_policy(policy: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+def seed_process(cfg: PipelineConfig) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras with ``cfg.seed``.
+
+    Call it before building the datasets: their shuffle and augmentation seeds combine with
+    TensorFlow's global seed as it is then, so without this a second training in the same
+    process would see the first one's seed state and shuffle differently.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+
+
 def build_and_compile(cfg: PipelineConfig) -> keras.Model:
     """``cfg.model`` at ``cfg.image_size``, seeded, compiled with the seed's optimizer and loss.
 
-    Seeded here (weights, dropout); the data pipeline has its own seeds. Built under the
-    current dtype policy (see :func:`precision_policy`).
+    Seeded here again (weights, dropout: the same initial weights whatever ran since
+    :func:`seed_process`). Built under the current dtype policy (see :func:`precision_policy`).
     """
-    keras.utils.set_random_seed(cfg.seed)
+    seed_process(cfg)
     model = build_model(cfg.model, cfg.image_size, len(cfg.classes))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
