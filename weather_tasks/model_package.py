@@ -90,17 +90,41 @@ def model_signature(cfg: PipelineConfig) -> Any:
 
 
 def model_requirements() -> list[str]:
-    """What a consumer must install: mlflow, keras and its backend, pillow (exact versions)."""
-    import keras
+    """What a consumer installs to load and predict: what ``serving_model.py`` imports, nothing
+    of ``weather_tasks``, Airflow or the MLflow server.
 
-    backend = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
-               "torch": ("torch",)}.get(keras.backend.backend(), ())
-    reqs = []
-    for names in (("mlflow",), ("keras",), backend, ("pillow",), ("numpy",), ("pandas",)):
-        for name in names:
-            try:
-                reqs.append(f"{name}=={importlib.metadata.version(name)}")
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return reqs
+    ``mlflow-skinny`` loads pyfunc models, reads the registry and runs ``mlflow models serve``;
+    the full ``mlflow`` would add the tracking server, its UI, scipy, scikit-learn and pyarrow
+    (0.5 GB of a consumer's 2.3 GB). Exactly the version that logged the model. Keras and
+    TensorFlow within the trained minor release: the served resize, and so every prediction, is
+    tested to the bit against training's. The CPU build of TensorFlow where there is a choice,
+    whichever build trained: a consumer only predicts. Pillow, numpy and pandas from the oldest
+    releases a consumer was checked with (a venv resolved to these lower bounds loaded a model
+    and predicted the same probabilities) to the next major.
+    """
+    tensorflow = _installed_version("tensorflow-cpu", "tensorflow")
+    return [
+        f"mlflow-skinny=={_installed_version('mlflow-skinny')}",
+        f"keras~={_installed_version('keras')}",
+        f"tensorflow-cpu~={tensorflow}; {_LINUX_X86_64}",
+        f"tensorflow~={tensorflow}; {_NOT_LINUX_X86_64}",
+        "pillow>=10,<14",
+        "numpy>=1.26,<3",
+        "pandas>=2.2,<4",
+    ]
+
+
+# On Linux x86_64 the tensorflow wheel carries CUDA kernels and tensorflow-cpu is the smaller
+# build; elsewhere tensorflow is the CPU build (PEP 508 markers have no "not").
+_LINUX_X86_64 = "sys_platform == 'linux' and platform_machine == 'x86_64'"
+_NOT_LINUX_X86_64 = "sys_platform != 'linux' or platform_machine != 'x86_64'"
+
+
+def _installed_version(*names: str) -> str:
+    """The version of the first of ``names`` installed in this process."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise importlib.metadata.PackageNotFoundError(names[0])
