@@ -111,14 +111,6 @@ MWD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mwd"
 RESULTS = Path(__file__).resolve().parent / "results"
 RECORD_KIND = "quality-fold"
 RECORD_VERSION = 1
-# Settings that cannot change what a fit produces (see training_settings).
-NOT_TRAINING = frozenset({
-    "bucket", "incoming_prefix", "curated_prefix", "quarantine_prefix", "work_dir",
-    "parallelism", "split_ratios", "split_seed", "min_image_side", "max_image_pixels",
-    "max_object_bytes", "experiment_name", "registered_model", "accuracy_floor", "min_delta",
-    "max_class_recall_drop", "schedule", "force_retrain", "locks_prefix", "lease_expiry",
-    "lease_wait",
-})
 
 
 # --------------------------------------------------------------------------- statistics
@@ -493,14 +485,12 @@ class Option:
 
 
 def training_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    """Every setting except those that cannot change a fit (storage, tracking, promotion,
-    orchestration; the dataset's own settings are covered by the plan digest).
+    """The settings that change what a fit produces (declared ``affects_model`` in
+    ``weather_tasks.config``; the dataset's own settings are covered by the plan digest):
+    recorded with every fold and compared on --resume."""
+    from weather_tasks import config
 
-    A deny list, so a recipe setting added later (label smoothing, AdamW...) is recorded and
-    compared on --resume without a change here.
-    """
-    return {k: v for k, v in sorted(cfg.as_dict().items())
-            if k not in NOT_TRAINING and not k.startswith(("s3_", "mlflow_"))}
+    return config.training_settings(cfg)
 
 
 # --------------------------------------------------------------------------- machine
@@ -556,15 +546,17 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- training
 
 
-def _held_out_curve_callback(test_ds: Any, labels: Sequence[str], classes: Sequence[str],
-                             every: int, epochs: int, timer: Any) -> keras.callbacks.Callback:
+def _held_out_curve_callback(test_ds: Any, labels: Sequence[str], cfg: PipelineConfig,
+                             every: int, timer: Any) -> keras.callbacks.Callback:
     """A callback scoring the held-out fold after every ``every``-th epoch and the last.
 
     Built in a function so the module imports without TensorFlow (``--report``, ``--self-test``).
     """
     import keras
 
-    from weather_tasks import metrics
+    from weather_tasks import metrics, recipe
+
+    classes, epochs = cfg.classes, cfg.epochs
 
     class HeldOutCurve(keras.callbacks.Callback):
         """Held-out accuracy of the current weights (not the best checkpoint) against
@@ -583,7 +575,7 @@ def _held_out_curve_callback(test_ds: Any, labels: Sequence[str], classes: Seque
             if every <= 0 or (done % every and done != epochs):
                 return
             wall, cpu = time.perf_counter(), time.process_time()
-            probs = self.model.predict(test_ds, verbose=0)
+            probs = recipe.predict_probabilities(self.model, test_ds, cfg)
             accuracy = metrics.compute_metrics(labels, probs, classes).accuracy
             self.points.append({
                 "epoch": done,
@@ -613,8 +605,7 @@ def train_fold(cfg: PipelineConfig, split: FoldSplit, curve_every: int,
     test_ds = data.make_dataset(pairs["test"], cfg, training=False)
     test_labels = [label for _, label in pairs["test"]]
     timer = recipe.EpochTimer()
-    curve = _held_out_curve_callback(test_ds, test_labels, cfg.classes, curve_every,
-                                     cfg.epochs, timer)
+    curve = _held_out_curve_callback(test_ds, test_labels, cfg, curve_every, timer)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp, \
             recipe.precision_policy(precision):
@@ -624,7 +615,9 @@ def train_fold(cfg: PipelineConfig, split: FoldSplit, curve_every: int,
     fit_wall = time.perf_counter() - wall0 - curve.wall_seconds
     fit_cpu = time.process_time() - cpu0 - curve.cpu_seconds
     serving = recipe.float32_copy(model, cfg)  # what evaluate scores: the served weights
-    held_out = metrics.compute_metrics(test_labels, serving.predict(test_ds, verbose=0),
+    # As the served model predicts (with tta_flip: the mean over the image and its flip).
+    held_out = metrics.compute_metrics(test_labels,
+                                       recipe.predict_probabilities(serving, test_ds, cfg),
                                        cfg.classes)
     return {
         "accuracy": held_out.accuracy,

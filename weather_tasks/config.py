@@ -33,6 +33,20 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # The smallest image each model accepts: model 2's last convolution is "valid" after five
 # poolings (needs a 3x3 map), model 1's after two; model 3 pools four times.
 MIN_IMAGE_SIZE = {"model_1": 12, "model_2": 96, "model_3": 16}
+# Models whose weights do not depend on the input size (global average pooling, no Flatten):
+# only these can be trained at a smaller size first (progressive_resize).
+SIZE_FREE_MODELS = ("model_3",)
+# The seed notebook's exact recipe, one setting away: WEATHER_RECIPE=seed (or a run's
+# recipe=seed). Settings given explicitly beside the preset win over it (see override).
+# Precision is not part of a recipe: it is the device's choice (see recipe.resolve_precision).
+SEED_RECIPE: dict[str, Any] = {
+    "model": "model_3", "image_size": 250, "epochs": 100, "batch_size": 16,
+    "learning_rate": 1e-3, "lr_factor": 0.1, "lr_patience": 5, "lr_min": 1e-30, "lr_cooldown": 3,
+    "label_smoothing": 0.0, "weight_decay": 0.0, "bn_momentum": 0.99, "progressive_resize": 0,
+    "tta_flip": False,
+}
+# "default": this project's current defaults (each field's default); "seed": SEED_RECIPE.
+RECIPES = ("default", "seed")
 # WEATHER_SCHEDULE values that mean "manual runs only".
 MANUAL_SCHEDULES = ("none", "manual")
 ENV_PREFIX = "WEATHER_"
@@ -73,6 +87,11 @@ class Setting:
     # purpose; no where falling back would silently point the pipeline at other data (the
     # bucket, the tracking server, the prefixes): there, "" is a configuration error.
     empty_means_default: bool = True
+    # Does it change the model a training produces (its weights, or how the logged model
+    # predicts)? These settings identify a training (training_settings): a new one declared
+    # so changes train.training_settings_digest, and the benchmark records it, with no list
+    # to keep in sync.
+    affects_model: bool = False
 
 
 def _setting(default: Any, help: str, **declaration: Any) -> Any:
@@ -82,7 +101,8 @@ def _setting(default: Any, help: str, **declaration: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-_TRAINING = {"per_run": True, "commands": ("train",)}
+_TRAINING = {"per_run": True, "commands": ("train",), "affects_model": True}
+_MODEL = {"affects_model": True}
 _REQUIRED = {"empty_means_default": False}
 
 
@@ -99,12 +119,15 @@ class PipelineConfig:
                                       **_REQUIRED)
     locks_prefix: str = _setting("locks/", "leases that serialize promotions and rollbacks",
                                  **_REQUIRED)
+    nights_prefix: str = _setting("nights/", "each night's summary (the DAG's report task "
+                                  "writes it, weather status reads it)", **_REQUIRED)
     s3_endpoint_url: str | None = _setting(
         None, "S3 endpoint for MinIO or a local server (empty: AWS)"
     )
     s3_region: str = _setting("us-east-1", "S3 region")
     # Labels and splits.
-    classes: tuple[str, ...] = _setting(DEFAULT_CLASSES, "class names, comma-separated")
+    classes: tuple[str, ...] = _setting(DEFAULT_CLASSES, "class names, comma-separated",
+                                        **_MODEL)
     split_ratios: tuple[float, ...] = _setting(
         (0.7, 0.15, 0.15), "train,val,test fractions (or the seed's train,val)"
     )
@@ -129,25 +152,51 @@ class PipelineConfig:
         maximum=3600,
     )
     work_dir: Path = _setting(lambda: Path(".weather-work"), "local cache of curated images")
-    # Training (the seed's recipe).
+    # Training (the seed's recipe; SEED_RECIPE lists its values).
+    recipe: str = _setting(
+        "default", "named recipe: default (the current defaults) or seed (the seed notebook's "
+        "exact recipe); settings given beside it win", choices=RECIPES, per_run=True,
+        commands=("train",),
+    )
     model: str = _setting("model_3", "architecture from the seed", choices=MODELS, **_TRAINING)
     image_size: int = _setting(250, "square input side in pixels", minimum=16, maximum=1024,
                                **_TRAINING)
     epochs: int = _setting(100, "training epochs", minimum=1, maximum=10_000, **_TRAINING)
     batch_size: int = _setting(16, "batch size", minimum=1, maximum=4096, **_TRAINING)
     learning_rate: float = _setting(1e-3, "Adam learning rate", minimum=0, maximum=1,
-                                    exclusive=True)
+                                    exclusive=True, **_MODEL)
     lr_factor: float = _setting(0.1, "ReduceLROnPlateau factor", minimum=0, maximum=1,
-                                exclusive=True)
+                                exclusive=True, **_MODEL)
     lr_patience: int = _setting(5, "ReduceLROnPlateau patience (epochs)", minimum=0,
-                                maximum=10_000)
-    lr_min: float = _setting(1e-30, "ReduceLROnPlateau min_lr")
+                                maximum=10_000, **_MODEL)
+    lr_min: float = _setting(1e-30, "ReduceLROnPlateau min_lr", **_MODEL)
     lr_cooldown: int = _setting(3, "ReduceLROnPlateau cooldown (epochs)", minimum=0,
-                                maximum=10_000)
+                                maximum=10_000, **_MODEL)
+    # Recipe options (issue 11): each off, or at the seed's value, until measured.
+    label_smoothing: float = _setting(
+        0.0, "label smoothing of the cross-entropy (0: none, as the seed)", minimum=0,
+        maximum=0.5, **_MODEL,
+    )
+    weight_decay: float = _setting(
+        0.0, "decoupled weight decay: > 0 trains with AdamW (0: Adam, as the seed)", minimum=0,
+        maximum=1, **_MODEL,
+    )
+    bn_momentum: float = _setting(
+        0.99, "batch-normalization momentum of model_3 (0.99: the Keras default, as the seed; "
+        "lower adapts faster on small data)", minimum=0, maximum=1, exclusive=True, **_MODEL,
+    )
+    progressive_resize: int = _setting(
+        0, "train the first half of the epochs at this smaller size (px), the rest at "
+        "image_size (0: off)", minimum=0, maximum=1024, **_MODEL,
+    )
+    tta_flip: bool = _setting(
+        False, "the served model averages the probabilities of the image and its horizontal "
+        "flip", **_MODEL,
+    )
     precision: str = _setting("auto", "Keras dtype policy (auto: mixed_float16 on a GPU, "
                               "else float32)", choices=PRECISIONS, **_TRAINING)
     seed: int = _setting(123, "seed of weights, dropout and augmentation", minimum=0,
-                         maximum=2**32 - 1)
+                         maximum=2**32 - 1, **_MODEL)
     # Tracking and registry.
     mlflow_tracking_uri: str = _setting("http://127.0.0.1:5000", "MLflow tracking server",
                                         **_REQUIRED)
@@ -178,6 +227,11 @@ class PipelineConfig:
     max_class_recall_drop: float = _setting(
         0.05, "largest per-class recall drop a challenger may have", minimum=0, maximum=1
     )
+    non_inferiority_margin: float = _setting(
+        0.0, "promote when the 95% interval of challenger-minus-champion accuracy lies above "
+        "-margin, instead of the min_delta rule (0: off)", minimum=0, maximum=1, per_run=True,
+        commands=("evaluate",),
+    )
     # Orchestration.
     schedule: str = _setting(
         "0 2 * * *", "the DAG's cron schedule, read when the DAG file is parsed "
@@ -186,6 +240,10 @@ class PipelineConfig:
     force_retrain: bool = _setting(
         False, "train even when ingest found no new images (on the latest manifest)",
         per_run=True, title="Force retraining",
+    )
+    status_max_age_hours: float = _setting(
+        26.0, "weather status --check fails when the newest night summary is older (hours)",
+        minimum=0, maximum=24 * 366, exclusive=True,
     )
 
     def __post_init__(self) -> None:
@@ -233,6 +291,22 @@ def env_names() -> list[str]:
     return [env_name(name) for name in settings()]
 
 
+def training_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings that change the model a training produces (declared ``affects_model``),
+    as ``as_dict`` spells them, sorted by name."""
+    values = cfg.as_dict()
+    return {name: values[name] for name, (_, s, _) in sorted(settings().items())
+            if s.affects_model}
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The values of the named recipe (``RECIPES``) for every setting ``SEED_RECIPE`` names."""
+    _require(name in RECIPES, "recipe", f"{name!r} must be one of {', '.join(RECIPES)}")
+    if name == "seed":
+        return dict(SEED_RECIPE)
+    return {k: default_of(k) for k in SEED_RECIPE}
+
+
 def default_of(name: str) -> Any:
     f = settings()[name][0]
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -255,7 +329,7 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Pipe
             continue
         values[name] = parse(name, raw.strip())
     values.update(overrides)
-    return _build(values)
+    return _build(_with_recipe(values))
 
 
 def from_env_only(names: tuple[str, ...], environ: Mapping[str, str] | None = None
@@ -267,12 +341,17 @@ def from_env_only(names: tuple[str, ...], environ: Mapping[str, str] | None = No
 
 
 def override(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:
-    """Per-run overrides (DAG params, CLI flags), validated like the rest; None is "unchanged"."""
+    """Per-run overrides (DAG params, CLI flags), validated like the rest; None is "unchanged".
+
+    A ``recipe`` among them sets all of its values for the run, over the deployment's, except
+    the settings given beside it in the same call (``recipe="seed", epochs=3``: the seed's
+    recipe with 3 epochs).
+    """
     changes = {k: v for k, v in changes.items() if v is not None}
     unknown = sorted(set(changes) - set(settings()))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **_with_recipe(changes))
 
 
 def per_run_settings(command: str | None = None) -> dict[str, tuple[Setting, Any]]:
@@ -359,6 +438,13 @@ def parse(name: str, raw: str) -> Any:
         raise ConfigError(f"{env_name(name)}={raw!r} is not a valid {type_name}: {exc}") from exc
 
 
+def _with_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` over the values of the recipe they name (explicit settings win)."""
+    if "recipe" not in values:
+        return values
+    return recipe_values(values["recipe"]) | values
+
+
 def _build(values: dict[str, Any]) -> PipelineConfig:
     try:
         return PipelineConfig(**values)
@@ -416,14 +502,16 @@ def _validate(c: PipelineConfig) -> None:
         "bucket",
         f"{c.bucket!r} is not a valid bucket name (3-63 lower-case characters)",
     )
-    for name in ("incoming_prefix", "curated_prefix", "quarantine_prefix", "locks_prefix"):
+    for name in ("incoming_prefix", "curated_prefix", "quarantine_prefix", "locks_prefix",
+                 "nights_prefix"):
         value = getattr(c, name)
         _require(
             value.endswith("/") and not value.startswith("/"),
             name,
             f"{value!r} must end with '/' and not start with it",
         )
-    prefixes = [c.incoming_prefix, c.curated_prefix, c.quarantine_prefix, c.locks_prefix]
+    prefixes = [c.incoming_prefix, c.curated_prefix, c.quarantine_prefix, c.locks_prefix,
+                c.nights_prefix]
     for a in prefixes:
         for b in prefixes:
             _require(
@@ -465,5 +553,18 @@ def _validate(c: PipelineConfig) -> None:
         f"{MIN_IMAGE_SIZE[c.model]} px",
     )
     _require(0 <= c.lr_min < c.learning_rate, "lr_min", "must be in [0, learning_rate)")
+    if c.progressive_resize:
+        _require(
+            c.model in SIZE_FREE_MODELS,
+            "progressive_resize",
+            f"{c.model}'s weights depend on the input size (Flatten): only "
+            f"{', '.join(SIZE_FREE_MODELS)} can start at a smaller size",
+        )
+        _require(
+            MIN_IMAGE_SIZE[c.model] <= c.progressive_resize < c.image_size,
+            "progressive_resize",
+            f"{c.progressive_resize} must be in [{MIN_IMAGE_SIZE[c.model]}, image_size "
+            f"{c.image_size}) for {c.model}, or 0 (off)",
+        )
     for name in ("registered_model", "experiment_name", "schedule"):
         _require(bool(getattr(c, name).strip()), name, "must not be empty")

@@ -3,6 +3,14 @@
 One implementation for the whole project: training's val report
 (``reports/val_class_report.json``) and the challenger/champion evaluation both come from
 :func:`compute_metrics`.
+
+Noise: a test set of a few hundred images measures accuracy to a few points, so every
+accuracy comes with its 95 % interval (:func:`accuracy_interval`, Wilson's score interval),
+and a challenger is compared with the champion on the same images through the interval of
+the paired difference (:func:`paired_difference_interval`, Newcombe's method 10). Both are
+closed forms: deterministic (no resampling seed), instant, and with close to nominal coverage
+at these sizes and near 100 % accuracy, where the Wald interval is too narrow and a bootstrap
+collapses to a point when the models never disagree.
 """
 
 from __future__ import annotations
@@ -10,11 +18,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 _LOG_LOSS_CLIP = 1e-15
+_Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its 95 % confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high}
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4f} (95% CI {self.low:.4f} to {self.high:.4f})"
 
 
 @dataclass(frozen=True)
@@ -40,9 +65,17 @@ class Metrics:
     n: int = 0
     n_errors: int = 0  # images the model could not classify (counted as wrong)
 
+    @property
+    def accuracy_ci(self) -> Interval | None:
+        """The 95 % interval of the accuracy (None without images)."""
+        return accuracy_interval(round(self.accuracy * self.n), self.n) if self.n else None
+
     def as_dict(self) -> dict[str, Any]:
+        ci = self.accuracy_ci
         return {
             "accuracy": self.accuracy,
+            # Derived (from accuracy and n), for readers of the reports; from_dict ignores it.
+            "accuracy_ci": None if ci is None else [ci.low, ci.high],
             "per_class": {c: m.as_dict() for c, m in self.per_class.items()},
             "log_loss": None if math.isnan(self.log_loss) else self.log_loss,
             "confusion_matrix": [list(r) for r in self.confusion_matrix],
@@ -104,3 +137,61 @@ def compute_metrics(
         n=n,
         n_errors=int(failed.sum()),
     )
+
+
+def accuracy_interval(correct: int, n: int) -> Interval:
+    """95 % Wilson score interval of an accuracy of ``correct`` out of ``n`` images.
+
+    Wilson rather than Clopper-Pearson: the exact interval is conservative (covers more than
+    95 %, so it is wider than needed), Wilson's coverage is close to 95 % from n of a few dozen
+    and it stays inside [0, 1], also at 100 % accuracy where the Wald interval is [1, 1].
+    """
+    if not 0 <= correct <= n or n == 0:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got {correct} of {n}")
+    p = correct / n
+    z2 = _Z95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z95 / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference_interval(
+    challenger_correct: Sequence[bool], champion_correct: Sequence[bool]
+) -> Interval:
+    """95 % interval of challenger-minus-champion accuracy on the same images (Newcombe's
+    method 10, 1998: the square-and-add of both Wilson intervals, with the correlation of
+    the paired outcomes, continuity-corrected as he defines it).
+
+    Why not a bootstrap over the shared images: it needs a seed and thousands of resamples,
+    and when the models never disagree every resample gives 0, an interval [0, 0] that claims
+    certainty from a handful of images; Newcombe's closed form keeps a width there and is
+    deterministic. Its coverage is close to 95 % in Newcombe's and Fagerland et al.'s (2014)
+    evaluations, which recommend it for paired proportions.
+    """
+    if len(challenger_correct) != len(champion_correct) or not challenger_correct:
+        raise ValueError("need the same, non-zero number of paired outcomes")
+    chal = np.asarray(challenger_correct, dtype=bool)
+    champ = np.asarray(champion_correct, dtype=bool)
+    n = len(chal)
+    both = int(np.sum(chal & champ))
+    only_chal = int(np.sum(chal & ~champ))
+    only_champ = int(np.sum(~chal & champ))
+    neither = n - both - only_chal - only_champ
+    p1, p2 = (both + only_chal) / n, (both + only_champ) / n
+    ci1 = accuracy_interval(both + only_chal, n)
+    ci2 = accuracy_interval(both + only_champ, n)
+    margins = (both + only_chal) * (only_champ + neither) * (both + only_champ) * (
+        only_chal + neither
+    )
+    cross = both * neither - only_chal * only_champ
+    # Newcombe's correction: positive association counts only beyond n/2.
+    if margins == 0 or 0 <= cross <= n / 2:
+        phi = 0.0
+    else:
+        phi = (cross - n / 2 if cross > n / 2 else cross) / math.sqrt(margins)
+    d1_low, d1_high = p1 - ci1.low, ci1.high - p1
+    d2_low, d2_high = p2 - ci2.low, ci2.high - p2
+    below = math.sqrt(max(0.0, d1_low**2 - 2 * phi * d1_low * d2_high + d2_high**2))
+    above = math.sqrt(max(0.0, d2_low**2 - 2 * phi * d2_low * d1_high + d1_high**2))
+    diff = p1 - p2
+    return Interval(diff, diff - below, diff + above)

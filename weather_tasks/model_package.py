@@ -57,6 +57,7 @@ def log_model(keras_model: Any, cfg: PipelineConfig, input_example_path: str | N
                 # The training pipeline's resize, applied at serving too (no train/serve skew).
                 "interpolation": RESIZE_METHOD,
                 "antialias": RESIZE_ANTIALIAS,
+                "tta_flip": cfg.tta_flip,  # average with the horizontal flip (recipe setting)
             },
             signature=model_signature(cfg),
             input_example=example,

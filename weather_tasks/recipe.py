@@ -6,6 +6,17 @@ cross-entropy, accuracy, ``batch_size`` 16, ``epochs`` 100,
 with ``keras.utils.set_random_seed(seed)``. Unlike the seed, the weights of the best
 val-accuracy epoch are kept (a ``ModelCheckpoint``) and restored when :func:`fit` returns.
 
+Options around that centre (each a setting, off or at the seed's value by default, adopted
+only when ``bench/quality.py`` measures a gain):
+
+- ``label_smoothing``: ``CategoricalCrossentropy(label_smoothing=...)``;
+- ``weight_decay`` > 0: AdamW, Adam with decoupled weight decay (Keras applies
+  ``w -= weight_decay * learning_rate * w`` each step, apart from the gradient's moments, so
+  the decay follows ReduceLROnPlateau's learning rate), on every weight;
+- ``bn_momentum``: model 3's batch-normalization momentum;
+- ``progressive_resize``: see :func:`training_batches`;
+- ``tta_flip``: a serving option (:func:`predict_probabilities`), not a training one.
+
 Precision (``cfg.precision``, see :func:`resolve_precision`):
 
 - ``auto``: ``mixed_float16`` when a GPU is present (memory growth on), else ``float32``.
@@ -23,6 +34,7 @@ benchmark times epochs with :class:`EpochTimer`).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -98,12 +110,20 @@ def build_and_compile(cfg: PipelineConfig) -> keras.Model:
 
     Seeded here again (weights, dropout: the same initial weights whatever ran since
     :func:`seed_process`). Built under the current dtype policy (see :func:`precision_policy`).
+    With ``progressive_resize`` the model is built for any input size (model 3's weights do not
+    depend on it); :func:`float32_copy` then gives the model at ``cfg.image_size``.
     """
     seed_process(cfg)
-    model = build_model(cfg.model, cfg.image_size, len(cfg.classes))
+    size = None if cfg.progressive_resize else cfg.image_size
+    model = build_model(cfg.model, size, len(cfg.classes), bn_momentum=cfg.bn_momentum)
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if cfg.weight_decay > 0
+        else keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss="categorical_crossentropy",
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -124,7 +144,9 @@ def fit(
 
     The learning rate follows the seed's ``ReduceLROnPlateau``; the best val-accuracy epoch's
     weights are restored at the end. ``timer``: pass one to read the per-epoch times and
-    learning rates from your ``callbacks`` (they run after it, in order).
+    learning rates from your ``callbacks`` (they run after it, in order). With
+    ``progressive_resize`` the epochs come from :func:`training_batches` (``n_train``
+    images per epoch).
     """
     checkpoint = checkpoint_dir / "best.weights.h5"
     timer = timer or EpochTimer()
@@ -144,8 +166,13 @@ def fit(
         timer,
         *callbacks,
     ]
+    steps_per_epoch = None  # one pass over ``train`` per epoch
+    if cfg.progressive_resize:
+        train = training_batches(train, cfg)
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     history = model.fit(
         train,
+        steps_per_epoch=steps_per_epoch,
         validation_data=val,
         epochs=cfg.epochs,
         callbacks=all_callbacks,
@@ -167,12 +194,62 @@ def fit(
     )
 
 
+def training_batches(train: Any, cfg: PipelineConfig) -> Any:
+    """Progressive resizing: every epoch's training batches in one dataset, the first
+    ``epochs // 2`` passes over ``train`` shrunk to ``progressive_resize`` px, the rest at
+    ``image_size``.
+
+    Why this design: the small epochs are cheap (about (small/size)^2 of the arithmetic) and
+    learn coarse shapes; finishing at the target size lets the convolutions and the batch
+    normalization statistics settle on the resolution the served model sees (a model only
+    ever trained small loses accuracy at a larger test size). The seed's model 3 is kept as
+    it is: its global average pooling makes its weights independent of the input size, so one
+    model trains at both sizes and its weights are copied into the image_size model for
+    serving (:func:`float32_copy`). Images are augmented at ``image_size`` and then shrunk with
+    the pipeline's resize (bilinear, antialiased), so both phases see the same augmentation.
+    Validation is always at ``image_size``: ReduceLROnPlateau and the best checkpoint compare
+    like with like across the switch. One dataset (not one ``fit`` per size) keeps the
+    callbacks' state (plateau counter, best epoch, timer) across the switch.
+    """
+    import tensorflow as tf
+
+    from weather_tasks.image_spec import RESIZE_ANTIALIAS, RESIZE_METHOD
+
+    size = cfg.progressive_resize
+    small_epochs = cfg.epochs // 2
+    small = train.map(
+        lambda x, y: (
+            tf.image.resize(x, (size, size), method=RESIZE_METHOD, antialias=RESIZE_ANTIALIAS),
+            y,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return small.repeat(small_epochs).concatenate(train.repeat(cfg.epochs - small_epochs))
+
+
 def float32_copy(model: keras.Model, cfg: PipelineConfig) -> keras.Model:
-    """The same architecture under the float32 policy with the trained weights."""
+    """The same architecture at ``cfg.image_size`` under the float32 policy, trained weights."""
     with precision_policy("float32"):
-        copy = build_model(cfg.model, cfg.image_size, len(cfg.classes))
+        copy = build_model(cfg.model, cfg.image_size, len(cfg.classes),
+                           bn_momentum=cfg.bn_momentum)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def predict_probabilities(model: keras.Model, dataset: Any, cfg: PipelineConfig) -> np.ndarray:
+    """(n, classes) probabilities of ``dataset``'s (image, label) batches as the served model
+    gives them: with ``tta_flip``, the mean over each image and its horizontal flip.
+
+    The served pyfunc (``serving_model.py``, which may import nothing from this package) does
+    the same on its batches; a test holds the two together.
+    """
+    import tensorflow as tf
+
+    probs = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
+    if cfg.tta_flip:
+        flipped = dataset.map(lambda x, y: (tf.reverse(x, axis=[2]), y))  # NHWC: width
+        probs = (probs + np.asarray(model.predict(flipped, verbose=0), dtype=np.float64)) / 2
+    return probs
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -19,6 +19,11 @@ to the training size and rescaling by 1/255 happen here, so callers never prepro
 row per input row with ``label``, ``prob_<class>`` for every class, ``error`` (a message) and
 ``error_code`` (stable, for programs: see ``ERROR_CODES``). A bad image is a per-row error, not
 a failed batch: its label and probabilities are None (JSON null; NaN is not valid JSON).
+
+Test-time augmentation: a model logged with ``tta_flip`` true in its config returns, for each
+image, the mean of the probabilities of the image and of its horizontal flip (the flip is one
+of training's augmentations, so both views are in-distribution); models without the key
+predict once.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class WeatherClassifier(PythonModel):
         self.image_size: int = int(config["image_size"])
         self.interpolation: str = str(config.get("interpolation", "bilinear"))
         self.antialias: bool = bool(config.get("antialias", False))
+        self.tta_flip: bool = bool(config.get("tta_flip", False))
         self._keras = keras
         self._model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
 
@@ -107,15 +113,24 @@ class WeatherClassifier(PythonModel):
         return result_frame(self.classes, labels, probs, errors, codes)
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Pad to the next power of two so the compiled predict function is traced at most
+        """Probabilities of (n, h, w, 3) images; with ``tta_flip`` the mean over each image and
+        its horizontal flip (as ``weather_tasks.recipe.predict_probabilities``).
+
+        Pad to the next power of two so the compiled predict function is traced at most
         log2(_BATCH)+1 times, whatever batch sizes requests come in with."""
         n = len(batch)
         size = 1 << (n - 1).bit_length()
         if size != n:
             pad = np.zeros((size - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
+        out = self._predict_padded(batch)
+        if self.tta_flip:
+            out = (out + self._predict_padded(batch[:, :, ::-1])) / 2  # NHWC: width
+        return out[:n]
+
+    def _predict_padded(self, batch: np.ndarray) -> np.ndarray:
         out = self._model.predict_on_batch(batch)
-        return np.asarray(self._keras.ops.convert_to_numpy(out), dtype=np.float64)[:n]
+        return np.asarray(self._keras.ops.convert_to_numpy(out), dtype=np.float64)
 
     def _preprocess(self, data: bytes) -> np.ndarray:
         """Decode by content, convert to RGB, resize and rescale to [0, 1], as training did.

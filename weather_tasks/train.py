@@ -41,7 +41,17 @@ import mlflow
 import numpy as np
 from mlflow.entities import Metric
 
-from weather_tasks import data, manifest, metrics, model_package, plots, recipe, storage, tracking
+from weather_tasks import (
+    config,
+    data,
+    manifest,
+    metrics,
+    model_package,
+    plots,
+    recipe,
+    storage,
+    tracking,
+)
 from weather_tasks.config import PipelineConfig
 
 if TYPE_CHECKING:
@@ -217,10 +227,9 @@ def train_model(
 
 
 def training_settings_digest(cfg: PipelineConfig) -> str:
-    """sha256 of the settings that change what a training produces (not where it logs)."""
-    keys = ("model", "image_size", "epochs", "batch_size", "learning_rate", "lr_factor",
-            "lr_patience", "lr_min", "lr_cooldown", "precision", "seed", "classes")
-    settings = {k: v for k, v in cfg.as_dict().items() if k in keys}
+    """sha256 of the settings that change what a training produces (not where it logs): those
+    declared ``affects_model`` (:func:`weather_tasks.config.training_settings`)."""
+    settings = config.training_settings(cfg)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -345,8 +354,9 @@ def _log_evaluation_artifacts(
     training: data.TrainingData,
     history: dict[str, list[float]],
 ) -> None:
-    """Learning curve, val confusion matrix (PNG) and the val report (JSON)."""
-    probs = model.predict(training.val.dataset, verbose=0)
+    """Learning curve, val confusion matrix (PNG) and the val report (JSON), of the model as it
+    is served (``tta_flip`` included)."""
+    probs = recipe.predict_probabilities(model, training.val.dataset, cfg)
     val = metrics.compute_metrics(training.val.labels, probs, cfg.classes)
     report = (
         {"classes": list(cfg.classes)}

@@ -186,3 +186,30 @@ def test_training_refuses_a_manifest_without_validation_images(
     with pytest.raises(DataError, match="no val images"):
         train.train_model(cfg, "v000001", s3=s3)
     assert MlflowClient(mlflow_server.url).get_experiment_by_name(experiment) is None
+
+
+def test_recipe_options_train_through_the_real_path_and_reach_the_served_model(
+    train_cfg: PipelineConfig, s3, photo_folder: Path  # noqa: ANN001
+) -> None:
+    """Every option on at once (each is unit-tested alone): logged as params, trained small then
+    at image_size, and served at image_size with the test-time flip the model was logged with.
+
+    Needs model_package.log_model to put ``tta_flip`` in the model config."""
+    cfg = config.override(train_cfg, progressive_resize=16, label_smoothing=0.1,
+                          weight_decay=0.004, bn_momentum=0.9, tta_flip=True)
+    report = train.train_model(cfg, "v000001", s3=s3)
+
+    params = MlflowClient(cfg.mlflow_tracking_uri).get_run(report.run_id).data.params
+    assert {k: params[k] for k in ("progressive_resize", "label_smoothing", "weight_decay",
+                                   "bn_momentum", "tta_flip")} == {
+        "progressive_resize": "16", "label_smoothing": "0.1", "weight_decay": "0.004",
+        "bn_momentum": "0.9", "tta_flip": "True"}
+    assert report.epochs_run == 2
+
+    model = mlflow.pyfunc.load_model(report.model_uri)
+    assert model.model_config["tta_flip"] is True
+    keras_model = model.unwrap_python_model()._model
+    assert keras_model.input_shape == (None, 32, 32, 3)
+    photo = sorted(photo_folder.iterdir())[0].read_bytes()
+    out = model.predict(pd.DataFrame({"image": [photo]}))
+    assert out["error"].isna().all() and out["label"][0] in cfg.classes

@@ -110,9 +110,11 @@ def test_dag_params_come_from_the_declarations() -> None:
 
 def test_cli_flags_come_from_the_declarations() -> None:
     train = dict(config.cli_flags("train"))
-    assert set(train) == {"--model", "--image-size", "--epochs", "--batch-size", "--precision"}
+    assert set(train) == {"--recipe", "--model", "--image-size", "--epochs", "--batch-size",
+                          "--precision"}
     assert train["--epochs"]["type"] is int and "$WEATHER_EPOCHS" in train["--epochs"]["help"]
-    assert set(dict(config.cli_flags("evaluate"))) == {"--min-delta"}
+    assert train["--recipe"]["choices"] == ("default", "seed")
+    assert set(dict(config.cli_flags("evaluate"))) == {"--min-delta", "--non-inferiority-margin"}
     assert config.cli_flags("ingest") == []
 
 
@@ -181,3 +183,62 @@ def test_timeouts_and_http_retries_are_settings() -> None:
 def test_an_endpoint_without_a_valid_host_and_port_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="WEATHER_S3_ENDPOINT_URL"):
         config.from_env(environ={"WEATHER_S3_ENDPOINT_URL": url})
+
+
+# The seed notebook's recipe, as its code says (DESIGN.md "What the seed does").
+NOTEBOOK = {
+    "model": "model_3", "image_size": 250, "epochs": 100, "batch_size": 16,
+    "learning_rate": 1e-3, "lr_factor": 0.1, "lr_patience": 5, "lr_min": 1e-30, "lr_cooldown": 3,
+    "label_smoothing": 0.0, "weight_decay": 0.0, "bn_momentum": 0.99, "progressive_resize": 0,
+    "tta_flip": False,
+}
+
+
+def _recipe_of(c: config.PipelineConfig) -> dict[str, object]:
+    return {k: getattr(c, k) for k in NOTEBOOK}
+
+
+def test_the_seed_recipe_is_one_setting_away_whatever_the_deployment_says() -> None:
+    env = {"WEATHER_EPOCHS": "7", "WEATHER_LABEL_SMOOTHING": "0.1", "WEATHER_TTA_FLIP": "true",
+           "WEATHER_MODEL": "model_1", "WEATHER_IMAGE_SIZE": "64"}
+    deployment = config.from_env(environ=env)
+    assert (deployment.epochs, deployment.model, deployment.tta_flip) == (7, "model_1", True)
+    run = config.override(deployment, recipe="seed")
+    assert run.recipe == "seed" and _recipe_of(run) == NOTEBOOK
+
+
+def test_settings_given_beside_the_recipe_win() -> None:
+    from_env = config.from_env(environ={"WEATHER_RECIPE": "seed", "WEATHER_EPOCHS": "3"})
+    assert from_env.epochs == 3 and _recipe_of(from_env) == NOTEBOOK | {"epochs": 3}
+    run = config.override(config.from_env(environ={}), recipe="seed", batch_size=4)
+    assert _recipe_of(run) == NOTEBOOK | {"batch_size": 4}
+
+
+def test_the_default_recipe_is_the_current_defaults() -> None:
+    tuned = config.from_env(environ={"WEATHER_WEIGHT_DECAY": "0.01", "WEATHER_EPOCHS": "9"})
+    back = config.override(tuned, recipe="default")
+    assert _recipe_of(back) == _recipe_of(config.from_env(environ={}))
+    with pytest.raises(ConfigError, match="WEATHER_RECIPE.*default, seed"):
+        config.from_env(environ={"WEATHER_RECIPE": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"progressive_resize": 128, "image_size": 128}, "progressive_resize.*128 must be in"),
+        ({"progressive_resize": 8, "image_size": 64}, r"progressive_resize.*must be in \[16"),
+        ({"progressive_resize": 64, "model": "model_1"}, "model_1's weights depend on the input"),
+        ({"label_smoothing": 0.6}, "WEATHER_LABEL_SMOOTHING"),
+        ({"bn_momentum": 1.0}, "WEATHER_BN_MOMENTUM"),
+        ({"weight_decay": -0.1}, "WEATHER_WEIGHT_DECAY"),
+        ({"non_inferiority_margin": -0.01}, "WEATHER_NON_INFERIORITY_MARGIN"),
+    ],
+)
+def test_recipe_options_are_validated(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.override(config.from_env(environ={}), **changes)
+
+
+def test_training_settings_are_the_declared_ones() -> None:
+    names = set(config.training_settings(config.from_env(environ={})))
+    assert set(NOTEBOOK) | {"classes", "precision", "seed"} == names

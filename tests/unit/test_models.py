@@ -57,3 +57,28 @@ def test_unknown_model_name_is_rejected_with_the_choices() -> None:
 def test_too_small_image_size_is_rejected_by_name(name: str) -> None:
     with pytest.raises(ValueError, match=f"image_size .* too small for {name}"):
         models.build_model(name, config.MIN_IMAGE_SIZE[name] - 1)
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.9])
+def test_model_3_batch_normalization_takes_the_momentum(momentum: float) -> None:
+    model = models.build_model("model_3", 32, 4, bn_momentum=momentum)
+    norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert len(norms) == 8  # every batch normalization of the seed's model 3
+    assert {la.momentum for la in norms} == {momentum}
+
+
+def test_model_3_any_size_has_the_same_weights_as_at_250px() -> None:
+    """What progressive resizing relies on: one set of weights serves every input size."""
+    any_size = models.build_model("model_3", None, 4)
+    assert any_size.input_shape == (None, None, None, 3)
+    assert any_size.count_params() == 1_375_396
+    fixed = models.build_model("model_3", 250, 4)
+    fixed.set_weights(any_size.get_weights())  # raises on any shape mismatch
+    image = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    assert keras.ops.convert_to_numpy(any_size(image)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name", ["model_1", "model_2"])
+def test_flattening_models_need_a_size(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} flattens a fixed-size map"):
+        models.build_model(name, None)

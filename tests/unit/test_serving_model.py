@@ -1,5 +1,6 @@
-"""The pyfunc model's input and output handling (no services, no model): which bytes each row
-means, which requests are malformed as a whole, and what a failed row looks like as JSON."""
+"""The pyfunc model's input and output handling (no services): which bytes each row means,
+which requests are malformed as a whole, what a failed row looks like as JSON, and the
+test-time flip (with a tiny Keras model that sees the flip)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import base64
 import io
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
-from weather_tasks import serving_model
+from tests.support.keras_models import flip_sensitive_model
+from weather_tasks import config, recipe, serving_model
 
 
 @pytest.mark.parametrize(
@@ -124,3 +130,38 @@ def test_an_undecodable_image_has_a_stable_message() -> None:
     (message,) = messages
     assert message.startswith("UnidentifiedImageError: cannot identify image file")
     assert "0x" not in message
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tta_flip", [False, True])
+def test_the_served_model_averages_the_image_and_its_flip_when_logged_so(
+    tmp_path: Path, tta_flip: bool
+) -> None:
+    path = tmp_path / "model.keras"
+    flip_sensitive_model(8).save(path)
+    served = serving_model.WeatherClassifier()
+    served.load_context(SimpleNamespace(
+        model_config={"classes": ["left", "right"], "image_size": 8, "tta_flip": tta_flip},
+        artifacts={"keras_model": str(path)},
+    ))
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    images = [_png(p) for p in pixels] + [_png(np.ascontiguousarray(pixels[0, :, ::-1]))]
+    out = served.predict(None, pd.DataFrame({"image": images}))
+    probs = out[["prob_left", "prob_right"]].to_numpy(dtype=np.float64)
+
+    # The training side's prediction of the same (already 8 px) images agrees.
+    cfg = config.from_env(environ={}, tta_flip=tta_flip)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (pixels.astype(np.float32) / 255, np.zeros((3, 2), np.float32))).batch(3)
+    keras_model = keras.models.load_model(path)
+    np.testing.assert_allclose(probs[:3], recipe.predict_probabilities(keras_model, dataset, cfg),
+                               rtol=1e-5)
+    # An image and its mirror get one answer exactly when the flip is averaged in.
+    assert np.allclose(probs[0], probs[3]) is tta_flip
