@@ -5,7 +5,7 @@
   Airflow UI (an iframe at ``/plugin/weather-models``).
 - ``operator_extra_links``: "MLflow run" on the train/evaluate/promote task instances.
 
-No ML logic here: the page reads the registry, the link reads XCom.
+No ML logic here: the page reads the registry and the evaluated runs, the link reads XCom.
 """
 
 from __future__ import annotations

@@ -160,6 +160,7 @@ def mlflow_server(
         backend_store_uri=f"sqlite:///{service_logs / 'mlflow.db'}",
         artifacts_destination="s3://mlflow-artifacts/artifacts",
         s3_endpoint_url=s3_server.url,
+        timeout=600,  # its start (imports, migrations) takes minutes on a loaded 2-core machine
     )
     yield server
     server.stop()

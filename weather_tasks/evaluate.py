@@ -9,7 +9,9 @@ manifest version, so their accuracies are comparable and their predictions can b
 treated as absent (the rule says what that means).
 
 The decision, both models' metrics and the reasons go to the challenger's run (tags, metrics
-and ``evaluation/evaluation.json``), where ``registry.promote_if_better`` reads them back.
+and ``evaluation/evaluation.json``), where ``registry.promote_if_better`` reads them back;
+so do the challenger's test report and test confusion-matrix plot (:func:`log_evaluation`),
+which the model page shows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from weather_tasks import manifest, serving, tracking
 from weather_tasks.config import PipelineConfig, PipelineError
-from weather_tasks.metrics import Metrics, compute_metrics
+from weather_tasks.metrics import Interval, Metrics, compute_metrics, paired_difference_interval
 from weather_tasks.policy import Decision, decide, mcnemar_exact_p
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ class EvalReport:
     champion_error: str | None
     mcnemar_p: float | None
     decision: Decision
+    # Challenger minus champion accuracy on the same test images, with its 95 % interval.
+    difference: Interval | None = None
 
     @property
     def promote(self) -> bool:
@@ -62,6 +66,7 @@ class EvalReport:
             "champion_run_id": self.champion_run_id,
             "champion_error": self.champion_error,
             "mcnemar_p": self.mcnemar_p,
+            "accuracy_difference": self.difference.as_dict() if self.difference else None,
             "promote": self.decision.promote,
             "reasons": list(self.decision.reasons),
         }
@@ -80,21 +85,25 @@ class EvalReport:
             champion_error=d.get("champion_error"),
             mcnemar_p=d.get("mcnemar_p"),
             decision=Decision(bool(d["promote"]), list(d.get("reasons", []))),
+            difference=(Interval(**d["accuracy_difference"])
+                        if d.get("accuracy_difference") else None),
         )
 
     def summary(self) -> str:
         broken = f" (broken: {self.champion_error})" if self.champion_error else ""
         champ = (
-            f"champion v{self.champion_version}: accuracy {self.champion.accuracy:.4f}"
+            f"champion v{self.champion_version}: accuracy {_accuracy(self.champion)}"
             if self.champion
             else f"champion: none{broken}"
         )
         lines = [
             f"run {self.run_id} on manifest {self.manifest_version} ({self.n_test} test images)",
-            f"challenger: accuracy {self.challenger.accuracy:.4f}, "
+            f"challenger: accuracy {_accuracy(self.challenger)}, "
             f"log loss {self.challenger.log_loss:.4f}",
             champ,
         ]
+        if self.difference is not None:
+            lines.append(f"challenger - champion: {self.difference}")
         if self.mcnemar_p is not None:
             lines.append(f"McNemar exact p = {self.mcnemar_p:.4g}")
         lines.append(f"decision: {'PROMOTE' if self.promote else 'keep champion'}")
@@ -141,6 +150,7 @@ def evaluate_challenger(
     champion: Metrics | None = None
     champion_error: str | None = None
     mcnemar_p: float | None = None
+    difference: Interval | None = None
     champ_version = tracking.alias_model_version(client, cfg.registered_model, tracking.CHAMPION)
     champ_run_id = None
     if champ_version is not None:
@@ -151,17 +161,20 @@ def evaluate_challenger(
             )
             champ_probs = _predict_probs(champ_model, paths, classes)
             champion = compute_metrics(y_true, champ_probs, classes)
-            mcnemar_p = mcnemar_exact_p(
-                _correct(chal_probs, y_true, classes), _correct(champ_probs, y_true, classes)
-            )
+            chal_ok = _correct(chal_probs, y_true, classes)
+            champ_ok = _correct(champ_probs, y_true, classes)
+            mcnemar_p = mcnemar_exact_p(chal_ok, champ_ok)
+            difference = paired_difference_interval(chal_ok, champ_ok)
         except Exception as exc:  # noqa: BLE001 - any failure means "champion unusable"
+            champion, mcnemar_p, difference = None, None, None
             champion_error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning(
                 "CHAMPION %s v%s CANNOT BE EVALUATED, treating it as absent: %s",
                 cfg.registered_model, champ_version.version, champion_error,
             )
 
-    decision = decide(challenger, champion, cfg, champion_error=champion_error)
+    decision = decide(challenger, champion, cfg, champion_error=champion_error,
+                      difference=difference)
     report = EvalReport(
         run_id=run_id,
         model_uri=model_uri,
@@ -174,8 +187,9 @@ def evaluate_challenger(
         champion_error=champion_error,
         mcnemar_p=mcnemar_p,
         decision=decision,
+        difference=difference,
     )
-    _log_to_run(client, report)
+    log_evaluation(client, report, classes)
     log.info("evaluation of run %s:\n%s", run_id, report.summary())
     return report
 
@@ -221,9 +235,26 @@ def _correct(probs: Any, y_true: Sequence[str], classes: Sequence[str]) -> list[
     return out
 
 
-def _log_to_run(client: MlflowClient, report: EvalReport) -> None:
+def challenger_test_report(report: EvalReport, classes: Sequence[str]) -> dict[str, Any]:
+    """The challenger's metrics on the test split (``TEST_REPORT_ARTIFACT``), shaped like
+    training's val report: the confusion matrix's rows and columns are ``classes``."""
+    return (
+        {"classes": list(classes)}
+        | report.challenger.as_dict()
+        | {"split": "test", "manifest_version": report.manifest_version}
+    )
+
+
+def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[str]) -> None:
+    """Write the evaluation on the challenger's run: test metrics, tags, the test report and
+    confusion-matrix plot, and last ``EVALUATION_ARTIFACT`` (what promotion reads)."""
+    import numpy as np
+
+    from weather_tasks import plots
+
     run_id = report.run_id
-    metrics = {"test_accuracy": report.challenger.accuracy}
+    metrics = {tracking.TEST_ACCURACY_METRIC: report.challenger.accuracy}
+    metrics |= _interval_metrics("test_accuracy_ci", report.challenger.accuracy_ci)
     if not math.isnan(report.challenger.log_loss):
         metrics["test_log_loss"] = report.challenger.log_loss
     for c, m in report.challenger.per_class.items():
@@ -231,14 +262,19 @@ def _log_to_run(client: MlflowClient, report: EvalReport) -> None:
         metrics[f"test_precision_{c}"] = m.precision
         metrics[f"test_f1_{c}"] = m.f1
     if report.champion is not None:
-        metrics["champion_test_accuracy"] = report.champion.accuracy
+        metrics[tracking.CHAMPION_TEST_ACCURACY_METRIC] = report.champion.accuracy
+        metrics |= _interval_metrics("champion_test_accuracy_ci", report.champion.accuracy_ci)
+    if report.difference is not None:
+        metrics["accuracy_difference"] = report.difference.estimate
+        metrics |= _interval_metrics("accuracy_difference_ci", report.difference)
     if report.mcnemar_p is not None:
-        metrics["mcnemar_p"] = report.mcnemar_p
+        metrics[tracking.MCNEMAR_P_METRIC] = report.mcnemar_p
     for name, value in metrics.items():
         client.log_metric(run_id, name, value, step=0)
+    reasons = tracking.EVAL_REASONS_SEPARATOR.join(report.decision.reasons)
     tags = {
         tracking.EVAL_PROMOTE_TAG: str(report.promote).lower(),
-        tracking.EVAL_REASONS_TAG: "; ".join(report.decision.reasons)[:5000],
+        tracking.EVAL_REASONS_TAG: reasons[:5000],
         tracking.EVAL_MANIFEST_VERSION_TAG: report.manifest_version,
         tracking.EVAL_CHAMPION_VERSION_TAG: report.champion_version or "none",
     }
@@ -246,4 +282,20 @@ def _log_to_run(client: MlflowClient, report: EvalReport) -> None:
         tags[tracking.EVAL_CHAMPION_ERROR_TAG] = report.champion_error
     for tag, text in tags.items():
         client.set_tag(run_id, tag, text)
+    numbers = challenger_test_report(report, classes)
+    client.log_dict(run_id, numbers, tracking.TEST_REPORT_ARTIFACT)
+    figure = plots.confusion_matrix_figure(np.asarray(numbers["confusion_matrix"]), classes, "test")
+    client.log_figure(run_id, figure, tracking.CONFUSION_MATRIX_TEST_PLOT)
     client.log_dict(run_id, report.as_dict(), tracking.EVALUATION_ARTIFACT)
+
+
+def _accuracy(m: Metrics) -> str:
+    """The accuracy with its 95 % interval (just the number without test images)."""
+    return str(m.accuracy_ci) if m.accuracy_ci is not None else f"{m.accuracy:.4f}"
+
+
+def _interval_metrics(prefix: str, interval: Interval | None) -> dict[str, float]:
+    """``<prefix>_low`` and ``<prefix>_high`` run metrics (none without an interval)."""
+    if interval is None:
+        return {}
+    return {f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}

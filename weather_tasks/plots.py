@@ -11,28 +11,64 @@ from typing import Any
 
 import numpy as np
 
+BEST_EPOCH_COLOUR = "tab:green"
+LR_COLOUR = "0.35"
 
-def learning_curve_figure(history: dict[str, list[float]]) -> Any:
-    """The seed's ``train_curve_graph`` (train vs val accuracy) plus loss and learning rate."""
+
+def learning_curve_figure(
+    history: dict[str, list[float]], *, title: str = "learning curve"
+) -> Any:
+    """Train vs val accuracy and loss per epoch, the restored epoch marked, the LR drops shown.
+
+    The best epoch is the first maximum of ``val_accuracy``: the epoch whose weights
+    ``ModelCheckpoint(save_best_only=True, mode="max")`` kept and training restored. The
+    learning rate (``history["learning_rate"]``, at each epoch's start) is drawn on a log
+    axis of the loss panel, with a dotted vertical line at each epoch that started with a
+    lower rate than the one before. One legend for both panels sits below them, so it hides
+    no point.
+    """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig.suptitle(title)
     acc_ax, loss_ax = fig.subplots(1, 2)
     epochs = np.arange(1, len(history["accuracy"]) + 1)
-    acc_ax.plot(epochs, history["accuracy"], label="train acc")
-    acc_ax.plot(epochs, history["val_accuracy"], label="val acc")
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("accuracy")
-    acc_ax.legend(loc="lower left")
-    loss_ax.plot(epochs, history["loss"], label="train loss")
-    loss_ax.plot(epochs, history["val_loss"], label="val loss")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("loss")
-    loss_ax.legend(loc="upper right")
+    best = int(np.argmax(history["val_accuracy"])) + 1
+    panels = ((acc_ax, "accuracy", "acc"), (loss_ax, "loss", "loss"))
+    for ax, key, short in panels:
+        ax.plot(epochs, history[key], ".-", label=f"train {short}")
+        ax.plot(epochs, history[f"val_{key}"], ".-", label=f"val {short}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    # A label only on the first panel: the figure legend lists each line once.
+    acc_ax.axvline(best, color=BEST_EPOCH_COLOUR, linestyle="--",
+                   label=f"best epoch {best} (weights restored)")
+    loss_ax.axvline(best, color=BEST_EPOCH_COLOUR, linestyle="--")
+    acc_ax.annotate(
+        f"{history['val_accuracy'][best - 1]:.3f}", (best, history["val_accuracy"][best - 1]),
+        xytext=(-4, 4), textcoords="offset points", ha="right", color=BEST_EPOCH_COLOUR,
+    )
     if history.get("learning_rate"):
+        lr = np.asarray(history["learning_rate"], dtype=float)
+        loss_ax.set_title("loss and learning rate")
         lr_ax = loss_ax.twinx()
-        lr_ax.semilogy(epochs, history["learning_rate"], "k:", label="learning rate")
-        lr_ax.set_ylabel("learning rate (dotted)")
+        lr_ax.step(epochs, lr, where="post", color=LR_COLOUR, linestyle=":",
+                   label="learning rate (right axis)")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate")
+        drops = np.flatnonzero(lr[1:] < lr[:-1]) + 2  # 1-based epochs that start lower
+        for epoch in drops:
+            label = "LR drop" if epoch == drops[0] else "_nolegend_"
+            acc_ax.axvline(epoch, color=LR_COLOUR, linestyle=":", linewidth=1, label=label)
+            loss_ax.axvline(epoch, color=LR_COLOUR, linestyle=":", linewidth=1)
+            lr_ax.annotate(f"{lr[epoch - 1]:.0e}", (epoch, lr[epoch - 1]), xytext=(3, -12),
+                           textcoords="offset points", color=LR_COLOUR, fontsize=8)
+    handles = [h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     return fig
 
 

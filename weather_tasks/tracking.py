@@ -50,10 +50,16 @@ VAL_REPORT_ARTIFACT = "reports/val_class_report.json"
 EVALUATION_ARTIFACT = "evaluation/evaluation.json"  # evaluate writes, registry reads
 LEARNING_CURVE_PLOT = "plots/learning_curve.png"
 CONFUSION_MATRIX_VAL_PLOT = "plots/confusion_matrix_val.png"
+# evaluate writes these on the challenger's run: its metrics on the test split (the numbers
+# behind the plot); the plugin's page shows the plot next to the val one.
+TEST_REPORT_ARTIFACT = "evaluation/test_class_report.json"
+CONFUSION_MATRIX_TEST_PLOT = "plots/confusion_matrix_test.png"
 
 # --- tags on a training run (train writes; evaluate and train's idempotency check read) ------
 MANIFEST_VERSION_TAG = "manifest_version"
 AIRFLOW_RUN_ID_TAG = "airflow_run_id"
+# The DAG whose run ids that tag holds (the plugin's page links to the Airflow run).
+RETRAIN_DAG_ID = "weather_retrain"
 SETTINGS_DIGEST_TAG = "training_settings_sha256"
 # Why a run was ended by someone else than its own process (fail_abandoned_runs).
 TERMINATED_BY_TAG = "weather.terminated_by"
@@ -62,10 +68,16 @@ METRICS_INCOMPLETE_TAG = "weather.metrics_incomplete"
 
 # --- tags evaluate writes on the challenger's run ---------------------------------------------
 EVAL_PROMOTE_TAG = "evaluation.promote"
-EVAL_REASONS_TAG = "evaluation.reasons"
+EVAL_REASONS_TAG = "evaluation.reasons"  # the reasons, joined by the separator below
+EVAL_REASONS_SEPARATOR = "; "
 EVAL_MANIFEST_VERSION_TAG = "evaluation.manifest_version"
 EVAL_CHAMPION_VERSION_TAG = "evaluation.champion_version"
 EVAL_CHAMPION_ERROR_TAG = "evaluation.champion_error"
+# ... and metrics (step 0) there: the challenger's and the champion's accuracy on the same
+# test images, McNemar's exact p of their paired predictions.
+TEST_ACCURACY_METRIC = "test_accuracy"
+CHAMPION_TEST_ACCURACY_METRIC = "champion_test_accuracy"
+MCNEMAR_P_METRIC = "mcnemar_p"
 
 # --- tags on a registered model version (registry writes, the plugin's page reads) -----------
 VERSION_ACCURACY_TAG = "accuracy"

@@ -364,7 +364,9 @@ def _log_evaluation_artifacts(
         | {"split": "val", "manifest_version": training.manifest.version}
     )
     mlflow.log_dict(report, tracking.VAL_REPORT_ARTIFACT)
-    mlflow.log_figure(plots.learning_curve_figure(history), tracking.LEARNING_CURVE_PLOT)
+    title = f"{cfg.model}, {cfg.image_size} px, manifest {training.manifest.version}"
+    curve = plots.learning_curve_figure(history, title=title)
+    mlflow.log_figure(curve, tracking.LEARNING_CURVE_PLOT)
     mlflow.log_figure(
         plots.confusion_matrix_figure(np.asarray(report["confusion_matrix"]), cfg.classes, "val"),
         tracking.CONFUSION_MATRIX_VAL_PLOT,

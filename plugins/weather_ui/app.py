@@ -1,37 +1,63 @@
 """The model-history page: a small FastAPI app the Airflow API server mounts (plugin).
 
 Routes (under the plugin's ``url_prefix``, e.g. ``/weather-models``):
-- ``GET /``: HTML page: champion and previous versions with accuracy, manifest version, dates,
-  learning-curve and confusion-matrix plots, and a table of every version.
+- ``GET /``: HTML page: per registered version its test accuracy, the evaluation's decision,
+  reasons and McNemar p, manifest version and dates; the champion's and previous version's
+  learning curve and confusion matrices (test and val); the challengers that lost; links to
+  each MLflow run and Airflow DAG run.
 - ``GET /api/history``: the same data as JSON.
 - ``GET /runs/{run_id}/artifacts/{path}``: a PNG artifact of a run, fetched from MLflow.
 
-Server-rendered HTML with no script dependencies, so it works inside the Airflow UI's iframe
-and in a headless browser. Settings come from ``PipelineConfig`` (``WEATHER_*``), read per
-request, never at import.
+Server-rendered HTML (Jinja2 templates in ``templates/``, autoescaped: run names and reasons
+come from MLflow and are shown as text) with no script dependencies, so it works inside the
+Airflow UI's iframe and in a headless browser. Settings come from ``PipelineConfig``
+(``WEATHER_*``), read per request, never at import.
 """
 
 from __future__ import annotations
 
-import html
 import tempfile
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
 
 from weather_tasks import tracking
-from weather_ui.history import RUN_ID, ModelHistory, VersionView, download_artifact, read_history
+from weather_ui.history import LOST_LIMIT, RUN_ID, download_artifact, read_history
 
-_PLOT_TITLES = {"learning_curve": "Learning curve", "confusion_matrix": "Confusion matrix"}
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _pvalue(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _templates() -> Jinja2Templates:
+    # Autoescaped: every value from MLflow (run names, reasons, tags) is shown as text.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(pct=_pct, pvalue=_pvalue)
+    return Jinja2Templates(env=env)
+
+
+_TEMPLATES = _templates()
 
 
 @dataclass(frozen=True)
 class PageSettings:
     tracking_uri: str
     model_name: str
+    experiment_name: str
     ui_url: str
 
 
@@ -42,6 +68,7 @@ def settings_from_env() -> PageSettings:
     return PageSettings(
         tracking_uri=cfg.mlflow_tracking_uri,
         model_name=cfg.registered_model,
+        experiment_name=cfg.experiment_name,
         ui_url=tracking.ui_url(cfg),
     )
 
@@ -61,13 +88,15 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request) -> HTMLResponse:
         s = current()
-        history = read_history(s.tracking_uri, s.model_name)
-        return HTMLResponse(render_page(history, s, request))
+        history = read_history(s.tracking_uri, s.model_name, s.experiment_name)
+        context = {"history": history, "links": Links(s, request), "lost_limit": LOST_LIMIT}
+        return _TEMPLATES.TemplateResponse(request, "page.html", context)
 
     @app.get("/api/history")
     def api_history() -> JSONResponse:
         s = current()
-        return JSONResponse(read_history(s.tracking_uri, s.model_name).as_dict())
+        history = read_history(s.tracking_uri, s.model_name, s.experiment_name)
+        return JSONResponse(history.as_dict())
 
     @app.get("/runs/{run_id}/artifacts/{path:path}", name="artifact")
     def artifact(run_id: str, path: str) -> FileResponse:
@@ -91,113 +120,28 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
     return app
 
 
-def render_page(history: ModelHistory, s: PageSettings, request: Request) -> str:
-    """The whole HTML page (every value escaped)."""
-    esc = html.escape
-    champion = history.by_alias(tracking.CHAMPION)
-    previous = history.by_alias(tracking.PREVIOUS)
-    registry_url = tracking.ui_model_url(s.ui_url, history.model_name)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(history.model_name)}: model history</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Model history: <code>{esc(history.model_name)}</code></h1>",
-        f"<p class='meta'>Registry: <a href='{esc(registry_url)}' target='_blank'>"
-        f"{esc(s.ui_url)}</a></p>",
-    ]
-    if history.error:
-        parts.append(f"<p class='error' id='error'>{esc(history.error)}</p>")
-    if not history.versions:
-        parts.append("<p id='empty'>No registered versions yet: the first successful nightly "
-                     "run that passes the accuracy floor registers one.</p>")
-    parts.append("<div class='cards'>")
-    for role, view in ((tracking.CHAMPION, champion), (tracking.PREVIOUS, previous)):
-        if view is not None:
-            parts.append(_card(role, view, s, request))
-    parts.append("</div>")
-    if history.versions:
-        parts.append(_table(history, s))
-    parts.append("</body></html>")
-    return "".join(parts)
+class Links:
+    """The page's URLs: MLflow UI pages, Airflow UI pages and this app's artifact route.
 
+    Airflow pages are relative to the Airflow base URL this app is mounted under (its
+    ``root_path`` less the plugin's own prefix), so they work behind a base path or a proxy.
+    """
 
-def _card(role: str, v: VersionView, s: PageSettings, request: Request) -> str:
-    esc = html.escape
-    rows = [
-        ("Accuracy (test)", _pct(v.accuracy)),
-        ("Manifest version", esc(v.manifest_version or "-")),
-        ("Promoted", esc(v.promoted_at or v.registered_at or "-")),
-        ("Registered", esc(v.registered_at or "-")),
-        ("Airflow run", esc(v.airflow_run_id or "-")),
-        ("MLflow run", _run_link(v.run_id, s)),
-    ]
-    out = [
-        f"<section class='card {role}' id='{role}' data-version='{v.version}'>",
-        f"<h2>{role.capitalize()}: version <span class='version'>{v.version}</span></h2>",
-        "<table class='facts'>",
-        *(f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows),
-        "</table><div class='plots'>",
-    ]
-    for kind, title in _PLOT_TITLES.items():
-        path = v.plots.get(kind)
-        if path and v.run_id:
-            src = request.url_for("artifact", run_id=v.run_id, path=path).path
-            # data-loaded is set once the browser has decoded the image (checked in e2e).
-            out.append(
-                f"<figure><img class='plot {kind}' src='{esc(src)}' "
-                f"alt='{title} of version {v.version}' onload=\"this.dataset.loaded='yes'\">"
-                f"<figcaption>{title}</figcaption></figure>"
-            )
-        else:
-            out.append(f"<figure class='missing {kind}'><figcaption>{title}: not logged"
-                       "</figcaption></figure>")
-    out.append("</div></section>")
-    return "".join(out)
+    def __init__(self, s: PageSettings, request: Request) -> None:
+        self.settings = s
+        self.request = request
+        self.airflow_base = str(request.scope.get("root_path", "")).rpartition("/")[0]
 
+    def registry(self) -> str:
+        return tracking.ui_model_url(self.settings.ui_url, self.settings.model_name)
 
-def _table(history: ModelHistory, s: PageSettings) -> str:
-    esc = html.escape
-    out = [
-        "<h2>All versions</h2><table class='versions' id='versions'><thead><tr>",
-        "<th>Version</th><th>Aliases</th><th>Accuracy</th><th>Manifest</th>",
-        "<th>Promoted</th><th>Airflow run</th><th>MLflow run</th></tr></thead><tbody>",
-    ]
-    for v in history.versions:
-        aliases = " ".join(f"<span class='alias {esc(a)}'>@{esc(a)}</span>" for a in v.aliases)
-        out.append(
-            f"<tr data-version='{v.version}'><td>{v.version}</td><td>{aliases}</td>"
-            f"<td>{_pct(v.accuracy)}</td><td>{esc(v.manifest_version or '-')}</td>"
-            f"<td>{esc(v.promoted_at or v.registered_at or '-')}</td>"
-            f"<td>{esc(v.airflow_run_id or '-')}</td><td>{_run_link(v.run_id, s)}</td></tr>"
-        )
-    out.append("</tbody></table>")
-    return "".join(out)
+    def mlflow_run(self, run_id: str) -> str:
+        return tracking.ui_run_url(self.settings.ui_url, run_id)
 
+    def airflow_run(self, airflow_run_id: str) -> str:
+        quoted = urllib.parse.quote(airflow_run_id, safe="")
+        return f"{self.airflow_base}/dags/{tracking.RETRAIN_DAG_ID}/runs/{quoted}"
 
-def _run_link(run_id: str | None, s: PageSettings) -> str:
-    if not run_id:
-        return "-"
-    href = html.escape(tracking.ui_run_url(s.ui_url, run_id))
-    return f"<a href='{href}' target='_blank'>{html.escape(run_id)[:8]}</a>"
+    def artifact(self, run_id: str, path: str) -> str:
+        return self.request.url_for("artifact", run_id=run_id, path=path).path
 
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2933;background:#fff}
-h1{font-size:1.4rem}h2{font-size:1.1rem;margin:.2rem 0 .6rem}
-.meta{color:#52606d}.error{color:#b42318;font-weight:600}
-.cards{display:flex;flex-wrap:wrap;gap:1rem}
-.card{border:1px solid #d9e2ec;border-radius:8px;padding:1rem;flex:1 1 32rem;min-width:0}
-.card.champion{border-color:#2f855a;box-shadow:0 0 0 2px #c6f6d5}
-.facts th{text-align:left;padding-right:1rem;color:#52606d;font-weight:500}
-.plots{display:flex;gap:.5rem;flex-wrap:wrap}.plots figure{margin:.5rem 0;max-width:100%}
-.plots img{max-width:100%;height:auto;border:1px solid #eee}
-.plots img.learning_curve{width:40rem}.plots img.confusion_matrix{width:24rem}
-.versions{border-collapse:collapse;margin-top:.5rem}
-.versions td,.versions th{border-bottom:1px solid #e4e7eb;padding:.3rem .8rem;text-align:left}
-.alias{background:#e6fffa;border-radius:4px;padding:0 .3rem;margin-right:.2rem}
-.alias.champion{background:#c6f6d5}
-"""

@@ -1,11 +1,13 @@
 """The Airflow UI plugin: the model-history page rendered in a real headless Chromium.
 
-A real MLflow server (the session fixture) holds a registered model with two versions
-(champion and previous), their tags and plot artifacts; the plugin's FastAPI app runs in
-uvicorn as its own process, configured only through ``WEATHER_*`` variables as it would be in
-the Airflow API server; Chromium loads the page, and the test reads the DOM it built and takes
-a screenshot (under the test's tmp path; ``WEATHER_TEST_ARTIFACTS=DIR`` keeps a copy in DIR).
-Another test loads the plugin through Airflow's own plugin manager.
+A real MLflow server (the session fixture) holds what three nights of the pipeline leave: three
+evaluated training runs with their plots (``weather_tasks.plots``) and evaluations (written by
+``weather_tasks.evaluate.log_evaluation`` itself), two registered versions (champion and
+previous) and a challenger that lost, whose run name and reasons are hostile HTML. The plugin's
+FastAPI app runs in uvicorn as its own process, configured only through ``WEATHER_*`` variables
+as it would be in the Airflow API server; Chromium loads the page, and the test reads the DOM
+it built and takes a screenshot (under the test's tmp path; ``WEATHER_TEST_ARTIFACTS=DIR``
+keeps a copy in DIR). Another test loads the plugin through Airflow's own plugin manager.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from devtools import local_services
+from weather_tasks import evaluate, metrics, plots, tracking
+from weather_tasks.policy import Decision
 
 pytestmark = pytest.mark.e2e
 
@@ -41,48 +46,99 @@ def _chromium() -> str:
     pytest.skip("headless Chromium not installed (apt-get install -y chromium)")
 
 
-def _png(text: str, colour: str) -> bytes:
-    img = Image.new("RGB", (320, 240), colour)
-    ImageDraw.Draw(img).text((20, 110), text, fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+CLASSES = ("shine", "sunrise", "cloudy", "rain")
+HOSTILE_NAME = """<img src=x onerror="document.body.dataset.pwned='name'">"""
+HOSTILE_REASON = "<script>document.body.dataset.pwned='reason'</script> recall of 'rain' drops"
+
+
+def _airflow_run_id(night: int) -> str:
+    return f"scheduled__2026-01-0{night}T02:00:00+00:00"
+
+
+def _test_metrics(n_wrong: int, per_class: int = 8) -> metrics.Metrics:
+    """Metrics of a model that gets ``n_wrong`` of 32 test images wrong (the last ones)."""
+    y_true = [c for c in CLASSES for _ in range(per_class)]
+    probs = np.eye(len(CLASSES))[[CLASSES.index(y) for y in y_true]]
+    probs[len(y_true) - n_wrong :] = np.roll(probs[len(y_true) - n_wrong :], 1, axis=1)
+    return metrics.compute_metrics(y_true, probs, CLASSES)
+
+
+def _log_training(client, exp_id: str, night: int, name: str, work: Path) -> str:  # noqa: ANN001
+    """A training run as train.py leaves it: tags, learning curve, val matrix, a model folder."""
+    manifest = f"v00000{night}"
+    run = client.create_run(exp_id, run_name=name, tags={
+        tracking.MANIFEST_VERSION_TAG: manifest,
+        tracking.AIRFLOW_RUN_ID_TAG: _airflow_run_id(night),
+    })
+    rid = run.info.run_id
+    epochs = 12
+    # Val accuracy peaks at epoch 8 (restored), then drifts down.
+    val = [0.5 + 0.4 * (1 - 0.7 ** min(e, 7)) - 0.01 * max(e - 7, 0) for e in range(epochs)]
+    history = {
+        "accuracy": [0.45 + 0.5 * (1 - 0.7**e) for e in range(epochs)], "val_accuracy": val,
+        "loss": [1.3 * 0.8**e for e in range(epochs)],
+        "val_loss": [1.4 * 0.82**e + 0.1 for e in range(epochs)],
+        "learning_rate": [1e-3] * 5 + [3e-4] * 4 + [9e-5] * 3,
+    }
+    title = f"mobilenet_v3_small, 224 px, manifest {manifest}"
+    client.log_figure(rid, plots.learning_curve_figure(history, title=title),
+                      tracking.LEARNING_CURVE_PLOT)
+    val_cm = np.array(_test_metrics(night + 1).confusion_matrix)
+    client.log_figure(rid, plots.confusion_matrix_figure(val_cm, CLASSES, "val"),
+                      tracking.CONFUSION_MATRIX_VAL_PLOT)
+    model_dir = work / rid / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    client.log_artifacts(rid, str(model_dir), tracking.MODEL_ARTIFACT)
+    return rid
 
 
 @pytest.fixture(scope="module")
 def registered_model(mlflow_server: local_services.Service, tmp_path_factory) -> dict:
-    """Two versions as the pipeline registers them: tags, plots, champion/previous aliases."""
+    """Three nights: v1 (no champion), v2 beats v1, the third run loses to v2 (hostile text)."""
     from mlflow import MlflowClient
 
     name = f"weather-ui-{uuid.uuid4().hex[:8]}"
+    experiment = f"ui-{uuid.uuid4().hex[:8]}"
     client = MlflowClient(tracking_uri=mlflow_server.url)
-    exp_id = client.create_experiment(f"ui-{uuid.uuid4().hex[:8]}")
+    exp_id = client.create_experiment(experiment)
     client.create_registered_model(name)
     work = tmp_path_factory.mktemp("ui-artifacts")
-    runs = []
-    for i, (acc, manifest) in enumerate(((0.81, "v0001"), (0.9375, "v0002")), start=1):
-        run = client.create_run(exp_id)
-        rid = run.info.run_id
-        client.log_metric(rid, "test_accuracy", acc)
-        plots = work / rid / "plots"
-        plots.mkdir(parents=True)
-        (plots / "learning_curve.png").write_bytes(_png(f"curve {i}", "lightblue"))
-        (plots / "confusion_matrix.png").write_bytes(_png(f"confusion {i}", "khaki"))
-        client.log_artifacts(rid, str(plots), "plots")
-        model_dir = work / rid / "model"
-        model_dir.mkdir()
-        (model_dir / "MLmodel").write_text("flavors: {}\n")
-        client.log_artifacts(rid, str(model_dir), "model")
-        client.set_terminated(rid)
-        mv = client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/model", run_id=rid,
-            tags={"accuracy": str(acc), "manifest_version": manifest, "run_id": rid,
-                  "airflow_run_id": f"manual__night{i}"},
+    nights = [  # (run name, wrong of 32, champion version compared, McNemar p, reasons)
+        ("night-1", 6, None, None, ["no champion yet", "accuracy 0.8125 >= floor 0.7000"]),
+        ("night-2", 2, "1", 0.0312, ["accuracy 0.9375 >= champion 0.8125 + min_delta 0.0000",
+                                     "no class recall drops more than 0.0500"]),
+        (HOSTILE_NAME, 3, "2", 1.0, ["accuracy 0.9062 < champion 0.9375 + min_delta 0.0000",
+                                     HOSTILE_REASON]),
+    ]
+    runs, versions = [], []
+    for night, (run_name, wrong, champ_version, p, reasons) in enumerate(nights, start=1):
+        rid = _log_training(client, exp_id, night, run_name, work)
+        challenger = _test_metrics(wrong)
+        champion = _test_metrics(nights[night - 2][1]) if champ_version else None
+        report = evaluate.EvalReport(
+            run_id=rid, model_uri=tracking.run_model_uri(rid), manifest_version=f"v00000{night}",
+            n_test=challenger.n, challenger=challenger, champion=champion,
+            champion_version=champ_version, champion_run_id=runs[-1] if runs else None,
+            champion_error=None, mcnemar_p=p, decision=Decision(night < 3, reasons),
         )
-        runs.append((rid, mv.version))
-    client.set_registered_model_alias(name, "previous", runs[0][1])
-    client.set_registered_model_alias(name, "champion", runs[1][1])
-    return {"name": name, "champion": runs[1], "previous": runs[0]}
+        evaluate.log_evaluation(client, report, CLASSES)
+        client.set_terminated(rid)
+        runs.append(rid)
+        if report.promote:  # the tags registry._register writes
+            mv = client.create_model_version(
+                name, source=f"{client.get_run(rid).info.artifact_uri}/model", run_id=rid,
+                tags={tracking.VERSION_ACCURACY_TAG: f"{challenger.accuracy:.6f}",
+                      tracking.VERSION_MANIFEST_VERSION_TAG: report.manifest_version,
+                      tracking.VERSION_RUN_ID_TAG: rid,
+                      tracking.VERSION_AIRFLOW_RUN_ID_TAG: _airflow_run_id(night),
+                      tracking.VERSION_PROMOTED_AT_TAG: f"2026-01-0{night}T02:30:00+00:00"},
+            )
+            versions.append(mv.version)
+    client.set_registered_model_alias(name, tracking.PREVIOUS, versions[0])
+    client.set_registered_model_alias(name, tracking.CHAMPION, versions[1])
+    return {"name": name, "experiment": experiment, "champion": (runs[1], versions[1]),
+            "previous": (runs[0], versions[0]), "lost": runs[2]}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +166,7 @@ def page_server(
         "WEATHER_MLFLOW_TRACKING_URI": mlflow_server.url,
         "WEATHER_MLFLOW_UI_URL": "http://mlflow.example:5000",
         "WEATHER_REGISTERED_MODEL": registered_model["name"],
+        "WEATHER_EXPERIMENT_NAME": registered_model["experiment"],
     }
     log = (tmp_path_factory.mktemp("ui-log") / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
@@ -142,14 +199,32 @@ def _chromium_run(args: list[str], profile: Path) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def test_history_api_names_champion_and_previous(page_server: str, registered_model: dict) -> None:
+def _element(dom: str, start: str, end: str) -> str:
+    """The text from the first ``start`` up to the next ``end`` (one element of the dump)."""
+    assert start in dom, start
+    i = dom.index(start)
+    return dom[i : dom.index(end, i) + len(end)]
+
+
+def test_history_api_has_versions_evaluations_and_lost(
+    page_server: str, registered_model: dict
+) -> None:
     data = json.load(urllib.request.urlopen(page_server + "/api/history", timeout=30))
     assert data["champion"] == int(registered_model["champion"][1])
     assert data["previous"] == int(registered_model["previous"][1])
     champion = next(v for v in data["versions"] if "champion" in v["aliases"])
     assert champion["accuracy"] == pytest.approx(0.9375)
-    assert champion["manifest_version"] == "v0002"
-    assert set(champion["plots"]) == {"learning_curve", "confusion_matrix"}
+    assert champion["manifest_version"] == "v000002"
+    assert set(champion["plots"]) == {"learning_curve", "confusion_test", "confusion_val"}
+    assert champion["evaluation"]["promote"] is True
+    assert champion["evaluation"]["champion_version"] == "1"
+    assert champion["evaluation"]["mcnemar_p"] == pytest.approx(0.0312)
+    assert champion["evaluation"]["reasons"][1] == "no class recall drops more than 0.0500"
+    (lost,) = data["lost"]
+    assert lost["run_id"] == registered_model["lost"] and lost["run_name"] == HOSTILE_NAME
+    assert lost["test_accuracy"] == pytest.approx(29 / 32)
+    assert lost["champion_accuracy"] == pytest.approx(0.9375)
+    assert lost["reasons"][1] == HOSTILE_REASON
 
 
 def test_artifact_route_serves_png_and_refuses_others(
@@ -157,9 +232,9 @@ def test_artifact_route_serves_png_and_refuses_others(
 ) -> None:
     rid = registered_model["champion"][0]
     body = urllib.request.urlopen(
-        f"{page_server}/runs/{rid}/artifacts/plots/confusion_matrix.png", timeout=60
+        f"{page_server}/runs/{rid}/artifacts/{tracking.CONFUSION_MATRIX_TEST_PLOT}", timeout=60
     ).read()
-    assert Image.open(io.BytesIO(body)).size == (320, 240)
+    assert Image.open(io.BytesIO(body)).format == "PNG"
     for bad in (f"runs/{rid}/artifacts/model/MLmodel", "runs/not-a-run/artifacts/x.png",
                 f"runs/{rid}/artifacts/../../etc/x.png"):
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -176,12 +251,13 @@ def test_page_renders_in_headless_chromium(
 
     shot = tmp_path / "plugin_page.png"
     result = _chromium_run(
-        ["--window-size=1280,1300", "--hide-scrollbars", f"--screenshot={shot}", url],
+        ["--window-size=1280,2400", "--hide-scrollbars", "--virtual-time-budget=15000",
+         f"--screenshot={shot}", url],
         tmp_path / "profile-shot",
     )
     assert shot.exists(), result.stderr[-2000:]
     with Image.open(shot) as im:
-        assert im.size == (1280, 1300)
+        assert im.size == (1280, 2400)
         # Not a blank page: the rendered page has many distinct colours.
         assert len(im.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
     if keep := os.environ.get(ARTIFACTS_ENV):
@@ -191,16 +267,68 @@ def test_page_renders_in_headless_chromium(
     # --virtual-time-budget lets the images load (and their onload handlers run) before the dump.
     dom = _chromium_run(["--virtual-time-budget=15000", "--dump-dom", url],
                         tmp_path / "profile-dom").stdout
-    assert f"id=\"champion\" data-version=\"{champion_version}\"" in dom
-    assert f"id=\"previous\" data-version=\"{previous_version}\"" in dom
-    assert "93.8%" in dom and "v0002" in dom and "manual__night2" in dom
-    assert f"http://mlflow.example:5000/#/runs/{champion_run}" in dom
-    # Both plots of the champion were served and decoded by the browser.
-    for kind in ("learning_curve", "confusion_matrix"):
-        src = f"/weather-models/runs/{champion_run}/artifacts/plots/{kind}.png"
-        assert src in dom, kind
-        tag = dom[dom.index(src) - 200 : dom.index(src) + 300]
-        assert 'data-loaded="yes"' in tag, tag
+    card = _element(dom, f'id="champion" data-version="{champion_version}"', "</section>")
+    assert f'id="previous" data-version="{previous_version}"' in dom
+    assert "93.8%" in card and "v000002" in card
+    assert '<span class="split test">test</span> split)' in card  # the accuracy's split
+    assert "promoted</span> vs v1" in card and "<li>no class recall drops more than" in card
+    assert '<td class="mcnemar">0.0312</td>' in card
+    assert f'href="http://mlflow.example:5000/#/runs/{champion_run}"' in card
+    # The Airflow run, under the Airflow base URL the plugin is mounted below (here: /).
+    airflow_href = "/dags/weather_retrain/runs/scheduled__2026-01-02T02%3A00%3A00%2B00%3A00"
+    assert f'href="{airflow_href}" target="_top">{_airflow_run_id(2)}</a>' in card
+    # The champion's three plots were served and decoded by the browser, each matrix labelled
+    # with its split.
+    for kind, path, split in (
+        ("learning_curve", tracking.LEARNING_CURVE_PLOT, None),
+        ("confusion_test", tracking.CONFUSION_MATRIX_TEST_PLOT, "test"),
+        ("confusion_val", tracking.CONFUSION_MATRIX_VAL_PLOT, "val"),
+    ):
+        figure = _element(card, f'<figure class="{kind}"', "</figure>")
+        assert f'src="/weather-models/runs/{champion_run}/artifacts/{path}"' in figure, kind
+        assert 'data-loaded="yes"' in figure, figure
+        if split:
+            assert f'data-split="{split}"' in figure
+            assert f'<span class="split {split}">{split}</span>' in figure
+    # The challenger that lost: listed with its accuracy and reasons, its hostile name and
+    # reason shown as text, never run.
+    lost = _element(dom, f'<tr data-run-id="{registered_model["lost"]}"', "</tr>")
+    assert "90.6%" in lost and "v2: 93.8%" in lost and "<li>accuracy 0.9062 &lt; champion" in lost
+    assert "&lt;script&gt;document.body.dataset.pwned" in lost
+    assert "&lt;img src=x onerror=" in lost
+    assert "<script" not in dom and "data-pwned" not in dom
+
+
+def test_links_follow_the_airflow_base_path(
+    registered_model: dict, mlflow_server: local_services.Service
+) -> None:
+    """Behind ``[api] base_url = .../airflow`` the API server's root path is /airflow: the
+    Airflow and artifact links keep it."""
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from weather_ui.app import PageSettings, create_app
+    finally:
+        sys.path.remove(str(PLUGINS))
+    settings = PageSettings(mlflow_server.url, registered_model["name"],
+                            registered_model["experiment"], "http://mlflow.example:5000")
+    root = FastAPI(root_path="/airflow")  # what the API server does with the base URL's path
+    root.mount("/weather-models", create_app(settings))
+
+    async def get(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=root)
+        async with httpx.AsyncClient(transport=transport, base_url="http://af.example") as c:
+            return await c.get(path)
+
+    page = asyncio.run(get("/airflow/weather-models/"))
+    assert page.status_code == 200
+    champion_run = registered_model["champion"][0]
+    assert 'href="/airflow/dags/weather_retrain/runs/scheduled__2026-01-02T' in page.text
+    assert f'src="/airflow/weather-models/runs/{champion_run}/artifacts/' in page.text
 
 
 def test_airflow_loads_the_plugin(tmp_path: Path) -> None:
