@@ -25,7 +25,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from weather_settings import CHAMPION, CHAMPION_UPDATES, SCHEDULE
 
-from weather_tasks import config  # stdlib-only module: cheap at parse time
+from weather_tasks import config, tracking  # cheap at parse time (no MLflow import)
 
 if TYPE_CHECKING:
     from weather_tasks.config import PipelineConfig
@@ -121,14 +121,29 @@ def _end_abandoned_training(context: Any) -> None:
         tracking.fail_abandoned_runs(cfg, context["run_id"], ENDED_BY_CALLBACK)
 
 
+def _record_failed_night(context: Any) -> None:
+    """The night failed (its report never runs): record it, so ``weather status`` and
+    ``weather status --check`` say so at once instead of when the summary grows old."""
+    from weather_tasks import status
+
+    # Run by the dag-processor: the context names the run, the last task instance and why.
+    last = context.get("ti") or context.get("task_instance")
+    failed = [last.task_id] if last is not None else []
+    reason = str(context.get("reason") or "a task failed")
+    cfg, s3 = _night(context.get("params"))
+    with _fail_fast_on_permanent_errors():
+        status.write_night(cfg, s3, status.failed_night(context["run_id"], failed, reason))
+
+
 @dag(
-    dag_id="weather_retrain",
+    dag_id=tracking.RETRAIN_DAG_ID,
     schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["weather", "ml", "retraining"],
     default_args={"owner": "ml-platform"},
+    on_failure_callback=_record_failed_night,
     doc_md=__doc__,
     params={name: Param(**spec) for name, spec in config.dag_params().items()},
 )
@@ -198,20 +213,29 @@ def weather_retrain() -> None:
             outlet_events[CHAMPION_UPDATES].add(CHAMPION, extra=_champion_event(promoted))
         return promoted
 
-    @task(trigger_rule="none_failed")
-    def report(ti: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """What this night did, in one small dict (also the run's last log line)."""
+    @task(**IO_RETRIES, trigger_rule="none_failed")
+    def report(
+        ti: Any = None, dag_run: Any = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What this night did, in one small dict, also written to the bucket for
+        ``weather status`` (``s3://<bucket>/nights/<run id>.json``)."""
+        from weather_tasks import status
 
         def pulled(task_id: str) -> dict[str, Any] | None:
             return ti.xcom_pull(task_ids=task_id, key="return_value", default=None)
 
-        return _night_summary(
-            ingested=pulled("ingest"),
-            trained=pulled("train"),
-            evaluation=pulled("evaluate"),
-            promoted=pulled("promote"),
-            forced=run_config(params).force_retrain,
-        )
+        with _fail_fast_on_permanent_errors():
+            cfg, s3 = _night(params)
+            return status.record_night(cfg, s3, status.night_summary(
+                airflow_run_id=dag_run.run_id,
+                logical_date=dag_run.logical_date,
+                started_at=dag_run.start_date,
+                ingested=pulled("ingest"),
+                trained=pulled("train"),
+                evaluation=pulled("evaluate"),
+                promoted=pulled("promote"),
+                forced=cfg.force_retrain,
+            ))
 
     ingested = ingest()
     trained = train(ingested)
@@ -235,32 +259,6 @@ def _champion_event(promoted: dict[str, Any]) -> dict[str, Any]:
         "manifest_version": promoted["manifest_version"],
         "mlflow_run_id": promoted["run_id"],
         "status": promoted["status"],
-    }
-
-
-def _night_summary(
-    *,
-    ingested: dict[str, Any] | None,
-    trained: dict[str, Any] | None,
-    evaluation: dict[str, Any] | None,
-    promoted: dict[str, Any] | None,
-    forced: bool,
-) -> dict[str, Any]:
-    keep_ingest = ("listed", "new", "accepted", "duplicate", "quarantined_total",
-                   "manifest_version", "previous_version", "images_total", "seconds")
-    keep_train = ("run_id", "model_uri", "manifest_version", "model", "image_size", "epochs_run",
-                  "best_val_accuracy", "train_seconds")
-    return {
-        "outcome": (
-            "nothing new" if trained is None
-            else "promoted" if promoted and promoted.get("promoted")
-            else "not promoted"
-        ),
-        "forced": forced,
-        "ingest": {k: ingested.get(k) for k in keep_ingest} if ingested else None,
-        "train": {k: trained.get(k) for k in keep_train} if trained else None,
-        "evaluation": evaluation,
-        "promotion": promoted,
     }
 
 

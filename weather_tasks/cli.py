@@ -1,8 +1,14 @@
-"""The ``weather`` command: one subcommand per pipeline stage.
+"""The ``weather`` command: one subcommand per pipeline stage, plus ``status`` and ``predict``.
 
 Every subcommand builds the config from ``WEATHER_*`` variables, applies its flags as
 overrides (the flags are generated from the per-run settings of :mod:`weather_tasks.config`),
-calls one library function and prints its report (JSON with ``--json``).
+calls one library function and prints its report (JSON with ``--json``). Its ``--help`` lists
+the variables it reads with their defaults, generated from the same declarations
+(:data:`READS` names which).
+
+Quiet by default: library loggers (botocore, urllib3, MLflow) speak only of errors and
+TensorFlow's C++ log only of warnings; ``-v`` shows their INFO lines and this package's DEBUG
+lines, ``-vv`` all.
 
 Other packages add subcommands through the entry-point group ``weather.commands``: each entry
 is a ``register(subparsers)`` callable (the development package adds ``weather demo`` so).
@@ -15,9 +21,10 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from weather_tasks import config, tracking
@@ -28,6 +35,40 @@ COMMAND_GROUP = "weather.commands"
 # MLflow's minutes of retries (DAG tasks keep the config's longer defaults). A WEATHER_*
 # variable still wins.
 INTERACTIVE_DEFAULTS: dict[str, Any] = {"mlflow_http_retries": 1, "mlflow_http_timeout": 30}
+# Loggers that say what nobody at a terminal asked for ("Found credentials in environment
+# variables", urllib3's retry warnings, which the one-line error sums up, MLflow's progress).
+# Python warnings go to logger "py.warnings" (MLflow warns about type hints at every load).
+CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "mlflow", "alembic", "absl",
+                  "py.warnings")
+# What `weather --version` names besides this package (metadata only: nothing is imported).
+_COMPONENTS = (("mlflow", ("mlflow",)), ("tensorflow", ("tensorflow", "tensorflow-cpu")),
+               ("keras", ("keras",)))
+
+# Subcommand help: text width, and the widest NAME=default kept on its help's line.
+_HELP_WIDTH = 79
+_SETTING_COLUMN = 30
+# The settings each subcommand reads (its flags' settings are added): its --help lists them.
+_S3 = ("bucket", "s3_endpoint_url", "s3_region", "s3_max_attempts", "s3_connect_timeout",
+       "s3_read_timeout")
+_MLFLOW = ("mlflow_tracking_uri", "mlflow_http_retries", "mlflow_http_timeout")
+_IMAGE_CHECKS = ("min_image_side", "max_image_pixels", "max_object_bytes")
+_DATASET = ("curated_prefix", "classes", "split_ratios", "split_seed")
+_LEASE = ("locks_prefix", "lease_expiry", "lease_wait")
+READS: dict[str, tuple[str, ...]] = {
+    "ingest": (*_S3, "incoming_prefix", "quarantine_prefix", *_DATASET, *_IMAGE_CHECKS,
+               "parallelism"),
+    "upload": (*_S3, "incoming_prefix", "parallelism"),
+    "verify": (*_S3, "incoming_prefix", "quarantine_prefix", *_DATASET, *_IMAGE_CHECKS,
+               "parallelism"),
+    "train": (*_S3, *_DATASET, "work_dir", "parallelism", *_MLFLOW, "experiment_name",
+              *(name for name, (_, s, _) in config.settings().items() if s.affects_model)),
+    "evaluate": (*_S3, *_DATASET, "work_dir", "parallelism", *_MLFLOW, "registered_model",
+                 "accuracy_floor", "max_class_recall_drop"),
+    "promote": (*_MLFLOW, "registered_model", *_S3, *_LEASE),
+    "rollback": (*_MLFLOW, "registered_model", *_S3, *_LEASE),
+    "predict": (*_MLFLOW, "registered_model", *_IMAGE_CHECKS),
+    "status": (*_S3, "nights_prefix", *_MLFLOW, "registered_model", "status_max_age_hours"),
+}
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -95,53 +136,178 @@ def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     return serving.predict_files(model_uri, args.images, cfg)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="weather", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="debug logging, and the traceback of a failure")
-    sub = p.add_subparsers(dest="command", required=True)
+def cmd_status(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import status, storage
 
-    def add(name: str, func: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
+    s3 = storage.make_client(cfg)
+    return status.check_night(cfg, s3) if args.check else status.status(cfg, s3)
+
+
+def version_text() -> str:
+    """This package's version and its main components', from installed metadata."""
+
+    def installed(dists: tuple[str, ...]) -> str:
+        for dist in dists:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
+
+    parts = ", ".join(f"{label} {installed(dists)}" for label, dists in _COMPONENTS)
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    return f"weather {installed(('weather-retrain',))} ({parts}; Python {python})"
+
+
+def settings_help(command: str) -> str:
+    """The ``WEATHER_*`` variables ``command`` reads as ``NAME=default`` (this CLI's defaults;
+    empty: unset), each with its help, in declaration order."""
+    declared = config.settings()
+    names = set(READS[command]) | set(config.per_run_settings(command))
+    rows = []
+    for name in (n for n in declared if n in names):
+        default = INTERACTIVE_DEFAULTS.get(name, config.default_of(name))
+        if isinstance(default, tuple):
+            default = ",".join(str(x) for x in default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        rows.append((f"{config.env_name(name)}={'' if default is None else default}",
+                     declared[name][1].help))
+    width = min(max(len(left) for left, _ in rows), _SETTING_COLUMN)
+    lines = []
+    for left, text in rows:
+        indent = " " * (width + 4)
+        if len(left) > width:
+            lines.append(f"  {left}")
+            lines.append(textwrap.fill(text, _HELP_WIDTH, initial_indent=indent,
+                                       subsequent_indent=indent))
+        else:
+            lines.append(textwrap.fill(text, _HELP_WIDTH, initial_indent=f"  {left:<{width}}  ",
+                                       subsequent_indent=indent))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="weather",
+        description="The weather-retrain pipeline: ingest photos, train, evaluate and promote "
+        "the classifier, classify images, and show what the last night did.",
+        epilog="Settings come from WEATHER_* environment variables; `weather COMMAND --help` "
+        "lists those a command reads, with their defaults.",
+    )
+    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail: -v library INFO logs, this package's DEBUG logs and the "
+                   "traceback of a failure; -vv everything")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[..., Any], help_: str, description: str,
+            examples: Sequence[str]) -> argparse.ArgumentParser:
+        epilog = "\n".join([
+            "examples:", *(f"  {e}" for e in examples), "",
+            "settings (environment variable=default):", settings_help(name),
+        ])
+        sp = sub.add_parser(name, help=help_, epilog=epilog,
+                            description=textwrap.fill(description, _HELP_WIDTH),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument("--json", action="store_true", help="print the report as JSON")
+        # Also after the command (`weather predict -v x.jpg`); unset here leaves the main one.
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more detail (see weather --help)")
         for flag, kwargs in config.cli_flags(name):
             sp.add_argument(flag, **kwargs)
         sp.set_defaults(func=func)
         return sp
 
-    add("ingest", cmd_ingest, "ingest new objects from incoming/ into a new manifest version")
-    sp = add("upload", cmd_upload, "upload a local folder of photos to incoming/")
-    sp.add_argument("folder")
-    sp = add("verify", cmd_verify, "check curated images and manifests against the bucket")
+    add("ingest", cmd_ingest, "ingest new objects from incoming/ into a new manifest version",
+        "List incoming/, validate and label every object not seen before, store accepted "
+        "images by content under curated/, quarantine the rest with a reason, and write a new "
+        "immutable manifest version (none when nothing is new).",
+        ["weather ingest", "weather ingest --json"])
+    sp = add("upload", cmd_upload, "upload a local folder of photos to incoming/",
+             "Upload every file of FOLDER (recursively) to incoming/ for the next ingest.",
+             ["weather upload ./photos"])
+    sp.add_argument("folder", help="local folder of photos named <class>_<n>.<ext>")
+    sp = add("verify", cmd_verify, "check curated images and manifests against the bucket",
+             "Check every manifest version and curated image; exit 1 when one is damaged or "
+             "missing. --repair restores or drops what it can.",
+             ["weather verify", "weather verify --repair"])
     sp.add_argument(
         "--repair",
         action="store_true",
         help="restore missing or corrupt images from incoming/, or drop them in a "
         "new manifest version (reason lost)",
     )
-    sp = add("train", cmd_train, "train a model on a manifest version, tracked in MLflow")
+    sp = add("train", cmd_train, "train a model on a manifest version, tracked in MLflow",
+             "Train the configured model on a manifest version (default: the latest) and log "
+             "one MLflow run with its metrics, plots and the servable model.",
+             ["weather train --epochs 5", "weather train --manifest-version v000007 "
+              "--model model_1 --image-size 128"])
     sp.add_argument("--manifest-version", default=None, help="default: the latest")
-    sp = add("evaluate", cmd_evaluate, "evaluate a run's model against the champion")
-    sp.add_argument("run_id")
+    sp = add("evaluate", cmd_evaluate, "evaluate a run's model against the champion",
+             "Evaluate the run's model and the current champion on the same test images and "
+             "record the promotion decision on the run.",
+             ["weather evaluate 3f2a9c0d51e84b7c", "weather evaluate RUN_ID --min-delta 0.01"])
+    sp.add_argument("run_id", help="MLflow run id of a training run")
     sp.add_argument("--manifest-version", default=None, help="default: the run's manifest")
-    sp = add("promote", cmd_promote, "register the run's model as champion if it won")
-    sp.add_argument("run_id")
-    sp = add("rollback", cmd_rollback, "move the champion alias back")
+    sp = add("promote", cmd_promote, "register the run's model as champion if it won",
+             "Register the evaluated run's model and move @champion to it if its evaluation "
+             "says promote (the replaced version becomes @previous).",
+             ["weather promote 3f2a9c0d51e84b7c"])
+    sp.add_argument("run_id", help="MLflow run id of an evaluated training run")
+    sp = add("rollback", cmd_rollback, "move the champion alias back",
+             "Move @champion to @previous (or --to VERSION); the version it leaves becomes "
+             "@previous, so a second rollback undoes the first.",
+             ["weather rollback", "weather rollback --to 3"])
     sp.add_argument("--to", default=None, help="model version (default: the previous one)")
-    sp = add("predict", cmd_predict, "classify images with the champion (or --model-uri)")
-    sp.add_argument("images", nargs="+")
-    sp.add_argument("--model-uri", default=None)
+    sp = add("predict", cmd_predict, "classify images with the champion (or --model-uri)",
+             "Classify image files. Every file is checked first, as ingest checks an object "
+             "(one line per unusable file: path, reason code, detail); the model is loaded only "
+             "if a file is usable, and the report names the version that answered "
+             "(models:/<name>/<version>). Exit 1 if any file failed, after printing all.",
+             ["weather predict photo.jpg", "weather predict --json photos/*.jpg",
+              "weather predict --model-uri models:/weather-classifier/3 photo.jpg"])
+    sp.add_argument("images", nargs="+", metavar="IMAGE", help="image file (JPEG, PNG, GIF, "
+                    "BMP, WebP; by content)")
+    sp.add_argument("--model-uri", default=None, help="models:/<name>/<version>, "
+                    "models:/<name>@<alias> or runs:/<run id>/model (default: "
+                    "models:/$WEATHER_REGISTERED_MODEL@champion)")
+    sp = add("status", cmd_status, "the champion, the previous version and the last night",
+             "The champion and previous versions (accuracy, manifest, promotion date, run) "
+             "from MLflow, and the newest night summary the DAG's report task wrote to the "
+             "bucket: outcome, ingest counts with quarantine reasons, evaluation reasons, "
+             "promotion. --check reads the bucket only and exits 1 with one line when the "
+             "newest night is older than WEATHER_STATUS_MAX_AGE_HOURS or failed (for cron or "
+             "a monitoring system: it works with the scheduler down).",
+             ["weather status", "weather status --check || alert 'weather night missing'"])
+    sp.add_argument("--check", action="store_true",
+                    help="only check the newest night: exit 1 when it is too old or failed")
     for entry in entry_points(group=COMMAND_GROUP):
         entry.load()(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def configure_logging(verbosity: int) -> None:
+    """Quiet by default (library loggers and Python warnings at ERROR, TensorFlow's C++ log
+    at WARNING); ``-v`` their INFO and this package's DEBUG; ``-vv`` everything."""
+    logging.captureWarnings(True)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbosity >= 2 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if verbosity == 1:
+        logging.getLogger("weather_tasks").setLevel(logging.DEBUG)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(
+            (logging.ERROR, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+        )
+    if not verbosity:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow is imported
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         flags = {name: getattr(args, name, None) for name in config.per_run_settings()}
         interactive = {k: v for k, v in INTERACTIVE_DEFAULTS.items()

@@ -404,7 +404,9 @@ def cli_flags(command: str) -> list[tuple[str, dict[str, Any]]]:
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": None,
-            "help": f"{s.help} (default: ${env_name(name)} or {default_of(name)})",
+            # argparse formats help with %: a literal one (e.g. "95%") is written %%.
+            "help": f"{s.help} (default: ${env_name(name)} or {default_of(name)})".replace(
+                "%", "%%"),
         }
         if s.choices:
             kwargs["choices"] = s.choices

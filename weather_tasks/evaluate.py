@@ -254,7 +254,7 @@ def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[s
 
     run_id = report.run_id
     metrics = {tracking.TEST_ACCURACY_METRIC: report.challenger.accuracy}
-    metrics |= _interval_metrics("test_accuracy_ci", report.challenger.accuracy_ci)
+    metrics |= _interval_metrics(tracking.TEST_ACCURACY_CI_METRIC, report.challenger.accuracy_ci)
     if not math.isnan(report.challenger.log_loss):
         metrics["test_log_loss"] = report.challenger.log_loss
     for c, m in report.challenger.per_class.items():
@@ -263,10 +263,11 @@ def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[s
         metrics[f"test_f1_{c}"] = m.f1
     if report.champion is not None:
         metrics[tracking.CHAMPION_TEST_ACCURACY_METRIC] = report.champion.accuracy
-        metrics |= _interval_metrics("champion_test_accuracy_ci", report.champion.accuracy_ci)
+        metrics |= _interval_metrics(tracking.CHAMPION_TEST_ACCURACY_CI_METRIC,
+                                     report.champion.accuracy_ci)
     if report.difference is not None:
-        metrics["accuracy_difference"] = report.difference.estimate
-        metrics |= _interval_metrics("accuracy_difference_ci", report.difference)
+        metrics[tracking.ACCURACY_DIFFERENCE_METRIC] = report.difference.estimate
+        metrics |= _interval_metrics(tracking.ACCURACY_DIFFERENCE_CI_METRIC, report.difference)
     if report.mcnemar_p is not None:
         metrics[tracking.MCNEMAR_P_METRIC] = report.mcnemar_p
     for name, value in metrics.items():

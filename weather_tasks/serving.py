@@ -5,6 +5,12 @@ this side only reads files and frames: no TensorFlow import here, nothing of tra
 takes image bytes only (it reads no files, so a REST client cannot make the server read one):
 files are read here, and a file that cannot be read gets its own per-row error.
 
+:func:`predict_files` checks every file first, as ingest checks an object (``validate``: its
+reason codes), before MLflow or the model is touched: a missing file, a folder or a text file is
+reported in seconds, not after the model's import and download, and when no file is usable the
+model is never loaded. The model URI is pinned before loading (``@champion`` ->
+``models:/<name>/<version>``), so a report says which version answered.
+
 Models are loaded through an explicit tracking server (``cfg``), never the process's global
 MLflow state: MLflow resolves ``models:/`` and ``runs:/`` model URIs against the *process's*
 tracking and registry URIs even when ``download_artifacts`` is given a ``tracking_uri`` (its
@@ -16,6 +22,8 @@ downloaded with that tracking URI and loaded from the local copy.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import tempfile
 import urllib.parse
 from collections.abc import Sequence
@@ -23,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weather_tasks import tracking
-from weather_tasks.config import PipelineConfig
+from weather_tasks import tracking, validate
+from weather_tasks.config import PipelineConfig, PipelineError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,6 +44,10 @@ log = logging.getLogger(__name__)
 UNREADABLE = "unreadable"
 # Files read and sent per ``model.predict`` call: bounds the bytes held in memory at once.
 _FILES_PER_CALL = 256
+
+
+class ServingError(PipelineError):
+    """The model to serve cannot be found (no such alias or version in the registry)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,8 @@ class ImagePrediction:
 
 @dataclass(frozen=True)
 class PredictReport:
-    model_uri: str
+    requested_model_uri: str
+    model_uri: str | None  # pinned (models:/<name>/<version>); None: no usable file, not loaded
     predictions: tuple[ImagePrediction, ...] = field(default_factory=tuple)
 
     @property
@@ -68,6 +81,7 @@ class PredictReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "requested_model_uri": self.requested_model_uri,
             "model_uri": self.model_uri,
             "predictions": [p.as_dict() for p in self.predictions],
             "n_ok": sum(1 for p in self.predictions if not p.error),
@@ -75,14 +89,48 @@ class PredictReport:
         }
 
     def summary(self) -> str:
-        lines = [f"model: {self.model_uri}"]
+        if self.model_uri is None:
+            lines = [f"model: not loaded ({self.requested_model_uri}): no usable image"]
+        elif self.model_uri == self.requested_model_uri:
+            lines = [f"model: {self.model_uri}"]
+        else:
+            lines = [f"model: {self.model_uri} ({self.requested_model_uri})"]
         for p in self.predictions:
             if p.error:
-                lines.append(f"{p.path}: ERROR ({p.error_code}) {p.error}")
+                lines.append(f"{p.path}: {p.error_code}: {p.error}")
             else:
                 probs = "  ".join(f"{c}={v:.3f}" for c, v in (p.probabilities or {}).items())
                 lines.append(f"{p.path}: {p.label}  ({probs})")
         return "\n".join(lines)
+
+
+def check_file(path: str | Path, cfg: PipelineConfig) -> validate.Rejected | None:
+    """Why ``path`` cannot be classified, or None: ingest's checks (:func:`validate.validate_image`,
+    its reason codes) after ``unreadable`` for a missing, special or unreadable file. The size is
+    checked before the file is read."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            return validate.Rejected(UNREADABLE, "is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            return validate.Rejected(UNREADABLE, "not a regular file")
+        if info.st_size > cfg.max_object_bytes:
+            return validate.Rejected("too_many_bytes",
+                                     f"{info.st_size} bytes > {cfg.max_object_bytes}")
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return validate.Rejected(UNREADABLE, (exc.strerror or str(exc)).lower())
+    try:
+        validate.validate_image(data, cfg)
+    except validate.Rejected as exc:
+        return exc
+    return None
+
+
+def resolve_model_uri(model_uri: str, cfg: PipelineConfig) -> str:
+    """``models:/<name>@<alias>`` pinned to ``models:/<name>/<version>`` on ``cfg``'s server;
+    other URIs as they are."""
+    return _pinned(tracking.client(cfg), model_uri)
 
 
 def load_model(model_uri: str, cfg: PipelineConfig) -> Any:
@@ -145,8 +193,24 @@ def _predict_chunk(model: Any, paths: Sequence[str | Path]) -> Any:
 def predict_files(
     model_uri: str, paths: Sequence[str | Path], cfg: PipelineConfig
 ) -> PredictReport:
-    """Classify image files; an unreadable or undecodable file gets an error, not a crash."""
-    model = load_model(model_uri, cfg)
+    """Classify image files; a file that fails ingest's checks gets its reason, not a crash.
+
+    Every file is checked before anything is loaded; with no usable file the model URI is not
+    even resolved. The report names the pinned version that answered.
+    """
+    rejected = {i: r for i, path in enumerate(paths) if (r := check_file(path, cfg)) is not None}
+    usable = [path for i, path in enumerate(paths) if i not in rejected]
+    pinned = resolve_model_uri(model_uri, cfg) if usable else None
+    answered = iter(_classify(load_model(pinned, cfg), usable) if pinned else [])
+    preds = tuple(
+        ImagePrediction(str(path), None, None, rejected[i].detail, rejected[i].reason)
+        if i in rejected else next(answered)
+        for i, path in enumerate(paths)
+    )
+    return PredictReport(requested_model_uri=model_uri, model_uri=pinned, predictions=preds)
+
+
+def _classify(model: Any, paths: Sequence[str | Path]) -> list[ImagePrediction]:
     frame = predictions_frame(model, paths)
     classes = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]
     preds = []
@@ -158,7 +222,7 @@ def predict_files(
         else:
             probs = {c: float(row[f"prob_{c}"]) for c in classes}
             preds.append(ImagePrediction(str(path), str(row["label"]), probs))
-    return PredictReport(model_uri=model_uri, predictions=tuple(preds))
+    return preds
 
 
 def _model_source(mlflow_client: MlflowClient, model_uri: str) -> str:
@@ -169,15 +233,11 @@ def _model_source(mlflow_client: MlflowClient, model_uri: str) -> str:
     outside the run's artifacts), else the run's artifact of that path (older runs); anything
     else (a storage URI, a local path) is returned as is.
     """
+    model_uri = _pinned(mlflow_client, model_uri)
     parsed = urllib.parse.urlparse(model_uri)
     if parsed.scheme == "models" and not parsed.path.lstrip("/").startswith("m-"):
-        name_and_ref = parsed.path.lstrip("/")
-        if "@" in name_and_ref:
-            name, alias = name_and_ref.split("@", 1)
-            version = mlflow_client.get_model_version_by_alias(name, alias).version
-        else:
-            name, version = name_and_ref.rsplit("/", 1)
-        return mlflow_client.get_model_version_download_uri(name, str(version))
+        name, version = parsed.path.lstrip("/").rsplit("/", 1)
+        return mlflow_client.get_model_version_download_uri(name, version)
     if parsed.scheme == "models":  # a logged model id: models:/m-...
         return mlflow_client.get_logged_model(parsed.path.lstrip("/")).artifact_location
     if parsed.scheme == "runs":
@@ -191,3 +251,18 @@ def _model_source(mlflow_client: MlflowClient, model_uri: str) -> str:
             return logged[0].artifact_location
         return f"{run.info.artifact_uri}/{name}"
     return model_uri
+
+
+def _pinned(mlflow_client: MlflowClient, model_uri: str) -> str:
+    """``models:/<name>@<alias>`` -> ``models:/<name>/<version>``; other URIs unchanged."""
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme != "models" or "@" not in parsed.path:
+        return model_uri
+    name, alias = parsed.path.lstrip("/").split("@", 1)
+    version = tracking.alias_version(mlflow_client, name, alias)
+    if version is None:
+        raise ServingError(
+            f"{model_uri}: no version of {name!r} has alias {alias!r} on "
+            f"{mlflow_client.tracking_uri} (nothing promoted yet? see weather status)"
+        )
+    return tracking.version_uri(name, version)

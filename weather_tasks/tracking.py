@@ -78,6 +78,11 @@ EVAL_CHAMPION_ERROR_TAG = "evaluation.champion_error"
 TEST_ACCURACY_METRIC = "test_accuracy"
 CHAMPION_TEST_ACCURACY_METRIC = "champion_test_accuracy"
 MCNEMAR_P_METRIC = "mcnemar_p"
+# 95 % intervals: <prefix>_low and <prefix>_high (evaluate logs them; the model page reads them).
+TEST_ACCURACY_CI_METRIC = "test_accuracy_ci"
+CHAMPION_TEST_ACCURACY_CI_METRIC = "champion_test_accuracy_ci"
+ACCURACY_DIFFERENCE_METRIC = "accuracy_difference"  # challenger - champion, same images
+ACCURACY_DIFFERENCE_CI_METRIC = "accuracy_difference_ci"
 
 # --- tags on a registered model version (registry writes, the plugin's page reads) -----------
 VERSION_ACCURACY_TAG = "accuracy"

@@ -35,6 +35,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _signed_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f} pts"
+
+
 def _pvalue(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -46,7 +50,7 @@ def _templates() -> Jinja2Templates:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(pct=_pct, pvalue=_pvalue)
+    env.filters.update(pct=_pct, signed_pct=_signed_pct, pvalue=_pvalue)
     return Jinja2Templates(env=env)
 
 

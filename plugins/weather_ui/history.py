@@ -37,6 +37,10 @@ class EvaluationView:
     champion_version: str | None  # the champion it was compared with (None: there was none)
     champion_accuracy: float | None  # that champion's accuracy on the same test images
     mcnemar_p: float | None
+    # 95 % intervals, (low, high); None for evaluations logged before they were.
+    test_accuracy_ci: tuple[float, float] | None
+    difference: float | None  # challenger - champion accuracy on the same images
+    difference_ci: tuple[float, float] | None
     promote: bool
     reasons: tuple[str, ...]
     manifest_version: str | None
@@ -191,6 +195,9 @@ def _evaluation(run: Any) -> EvaluationView | None:
         champion_version=None if champion in (None, "none") else champion,
         champion_accuracy=metrics.get(tracking.CHAMPION_TEST_ACCURACY_METRIC),
         mcnemar_p=metrics.get(tracking.MCNEMAR_P_METRIC),
+        test_accuracy_ci=_interval(metrics, tracking.TEST_ACCURACY_CI_METRIC),
+        difference=metrics.get(tracking.ACCURACY_DIFFERENCE_METRIC),
+        difference_ci=_interval(metrics, tracking.ACCURACY_DIFFERENCE_CI_METRIC),
         promote=promote == "true",
         reasons=tuple(r for r in reasons.split(tracking.EVAL_REASONS_SEPARATOR) if r),
         manifest_version=tags.get(tracking.EVAL_MANIFEST_VERSION_TAG),
@@ -247,3 +254,8 @@ def _iso(millis: int | None) -> str:
         return ""
     when = dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC)
     return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _interval(metrics: dict[str, float], prefix: str) -> tuple[float, float] | None:
+    low, high = metrics.get(f"{prefix}_low"), metrics.get(f"{prefix}_high")
+    return None if low is None or high is None else (low, high)

@@ -121,6 +121,8 @@ def registered_model(mlflow_server: local_services.Service, tmp_path_factory) ->
             n_test=challenger.n, challenger=challenger, champion=champion,
             champion_version=champ_version, champion_run_id=runs[-1] if runs else None,
             champion_error=None, mcnemar_p=p, decision=Decision(night < 3, reasons),
+            difference=(metrics.Interval(challenger.accuracy - champion.accuracy, -0.02, 0.26)
+                        if champion else None),
         )
         evaluate.log_evaluation(client, report, CLASSES)
         client.set_terminated(rid)
@@ -219,6 +221,10 @@ def test_history_api_has_versions_evaluations_and_lost(
     assert champion["evaluation"]["promote"] is True
     assert champion["evaluation"]["champion_version"] == "1"
     assert champion["evaluation"]["mcnemar_p"] == pytest.approx(0.0312)
+    low, high = champion["evaluation"]["test_accuracy_ci"]  # Wilson, 30 of 32
+    assert low == pytest.approx(0.7985, abs=1e-3) and high == pytest.approx(0.9827, abs=1e-3)
+    assert champion["evaluation"]["difference"] == pytest.approx(0.125)
+    assert champion["evaluation"]["difference_ci"] == pytest.approx([-0.02, 0.26])
     assert champion["evaluation"]["reasons"][1] == "no class recall drops more than 0.0500"
     (lost,) = data["lost"]
     assert lost["run_id"] == registered_model["lost"] and lost["run_name"] == HOSTILE_NAME
@@ -273,6 +279,8 @@ def test_page_renders_in_headless_chromium(
     assert '<span class="split test">test</span> split)' in card  # the accuracy's split
     assert "promoted</span> vs v1" in card and "<li>no class recall drops more than" in card
     assert '<td class="mcnemar">0.0312</td>' in card
+    assert "(95% CI 79.9% to 98.3%)" in card
+    assert "+12.5 pts" in card and "(95% CI -2.0 pts to +26.0 pts, same test images)" in card
     assert f'href="http://mlflow.example:5000/#/runs/{champion_run}"' in card
     # The Airflow run, under the Airflow base URL the plugin is mounted below (here: /).
     airflow_href = "/dags/weather_retrain/runs/scheduled__2026-01-02T02%3A00%3A00%2B00%3A00"

@@ -136,16 +136,38 @@ def test_in_process_predict_files_reports_a_missing_file_as_its_own_error(
     first, gone, folder, last = report.predictions
     assert first.label in serve_cfg.classes and first.error is None
     assert last.label in serve_cfg.classes and last.error is None
-    for failed, path in ((gone, missing), (folder, tmp_path)):
+    for failed, path, why in ((gone, missing, "no such file or directory"),
+                              (folder, tmp_path, "is a directory")):
         assert failed.path == str(path) and failed.label is None and failed.probabilities is None
-        assert failed.error_code == serving.UNREADABLE and f"cannot read {path}" in failed.error
+        assert (failed.error_code, failed.error) == (serving.UNREADABLE, why)
     assert report.failed and report.as_dict()["n_error"] == 2
 
-    # No readable file at all: still one row per path, with the model's columns.
+    # A file gone between the check and the read: still its own row, with the model's columns.
     model = serving.load_model(champion, serve_cfg)
     none_read = serving.predictions_frame(model, [missing])
     assert none_read["error_code"].tolist() == ["unreadable"]
     assert f"prob_{serve_cfg.classes[0]}" in none_read.columns
+
+
+def test_predict_files_names_the_version_that_answered(
+    serve_cfg: PipelineConfig, champion: str, photos: list[Path]
+) -> None:
+    version = tracking.alias_version(tracking.client(serve_cfg), serve_cfg.registered_model,
+                                     "champion")
+    pinned = tracking.version_uri(serve_cfg.registered_model, str(version))
+    assert serving.resolve_model_uri(champion, serve_cfg) == pinned
+    report = serving.predict_files(champion, [photos[0]], serve_cfg)
+    assert (report.requested_model_uri, report.model_uri) == (champion, pinned)
+    assert report.summary().splitlines()[0] == f"model: {pinned} ({champion})"
+    assert serving.predict_files(pinned, [photos[0]], serve_cfg).model_uri == pinned
+
+
+def test_an_alias_nobody_holds_is_one_line(serve_cfg: PipelineConfig, champion: str) -> None:
+    uri = f"models:/{serve_cfg.registered_model}@nobody"
+    with pytest.raises(serving.ServingError, match=f"^{uri}: no version of .* has alias "
+                       "'nobody' on http://127.0.0.1:[0-9]+ .*weather status") as caught:
+        serving.resolve_model_uri(uri, serve_cfg)
+    assert "\n" not in str(caught.value)
 
 
 def test_models_load_from_the_configured_server_whatever_the_process_points_at(
@@ -309,6 +331,8 @@ def test_weather_predict_cli_good_and_bad_image(
 ) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(photos[0].read_bytes()[:200])  # a truncated JPEG
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
     env = {
         **os.environ,
         "WEATHER_MLFLOW_TRACKING_URI": mlflow_server.url,
@@ -316,15 +340,24 @@ def test_weather_predict_cli_good_and_bad_image(
     }
     proc = subprocess.run(
         [sys.executable, "-m", "weather_tasks.cli", "predict", "--json",
-         str(photos[0]), str(bad)],
+         str(photos[0]), str(bad), str(text)],
         env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
-    assert proc.returncode == 1, proc.stderr[-2000:]  # one image failed: exit 1, all printed
+    assert proc.returncode == 1, proc.stderr[-2000:]  # two files failed: exit 1, all printed
+    assert proc.stderr == ""  # quiet by default: no TensorFlow or MLflow chatter
     out = json.loads(proc.stdout)
-    assert out["model_uri"] == champion
-    assert (out["n_ok"], out["n_error"]) == (1, 1)
-    good, broken = out["predictions"]
+    version = tracking.alias_version(tracking.client(serve_cfg), serve_cfg.registered_model,
+                                     "champion")
+    assert out["requested_model_uri"] == champion
+    assert out["model_uri"] == tracking.version_uri(serve_cfg.registered_model, str(version))
+    assert (out["n_ok"], out["n_error"]) == (1, 2)
+    good, broken, notes = out["predictions"]
     assert good["label"] in serve_cfg.classes and good["error"] is None
     assert sum(good["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert broken["label"] is None and broken["error"] and broken["error_code"] == "undecodable"
+    # Checked as ingest checks an object, before the model: ingest's reason codes.
+    assert broken["label"] is None and broken["error_code"] == "undecodable"
+    assert broken["error"] == "OSError: Truncated File Read"  # no buffer address in it
     assert broken["probabilities"] is None
+    assert (notes["error_code"], notes["error"]) == (
+        "not_an_image", "content is not a recognised image format"
+    )

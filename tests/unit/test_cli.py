@@ -1,13 +1,21 @@
-"""The ``weather`` command's parser: flags come from the per-run settings, nothing else."""
+"""The ``weather`` command: flags from the per-run settings, help, version, verbosity, and
+``predict``'s input checks (before anything is loaded)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from weather_tasks import cli
+from tests.support import REPO
+from weather_tasks import cli, config
 
 
 def test_train_flags_are_the_per_run_training_settings() -> None:
@@ -70,3 +78,149 @@ def test_the_cli_waits_less_for_mlflow_unless_told(
     cli.main(["upload", str(tmp_path / "missing")])
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == retries
     assert int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+
+
+# --- help, version, verbosity ------------------------------------------------------------------
+def _subparser(command: str) -> argparse.ArgumentParser:
+    actions = [a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[command]
+
+
+@pytest.mark.parametrize("command", sorted(cli.READS))
+def test_subcommand_help_has_a_description_an_example_and_its_settings(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert len(_subparser(command).description or "") > 40
+    with pytest.raises(SystemExit) as exc:
+        cli._parser().parse_args([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"examples:\n  weather {command}" in out
+    settings = out.split("settings (environment variable=default):\n", 1)[1]
+    listed = {line.split()[0].split("=")[0] for line in settings.splitlines()
+              if line.startswith("  WEATHER_")}
+    expected = set(cli.READS[command]) | set(config.per_run_settings(command))
+    assert listed == {config.env_name(name) for name in expected}
+
+
+def test_settings_help_shows_the_cli_defaults() -> None:
+    text = cli.settings_help("predict")
+    assert "WEATHER_MLFLOW_HTTP_RETRIES=1 " in text  # INTERACTIVE_DEFAULTS, not the DAG's 5
+    assert "  WEATHER_MIN_IMAGE_SIDE=32 " in text
+    assert "  WEATHER_REGISTERED_MODEL=weather-classifier\n" in text
+    assert "MLflow registered model" in text
+
+
+def test_commands_read_only_declared_settings() -> None:
+    declared = set(config.settings())
+    for command, names in cli.READS.items():
+        assert set(names) <= declared, (command, sorted(set(names) - declared))
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"weather {metadata.version('weather-retrain')} (mlflow ")
+    assert f"keras {metadata.version('keras')}" in out and "tensorflow " in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbosity"),
+    [(["predict", "x.jpg"], 0), (["-v", "predict", "x.jpg"], 1),
+     (["predict", "-v", "x.jpg"], 1), (["-vv", "status"], 2), (["status", "-vv"], 2)],
+)
+def test_verbose_before_or_after_the_command(argv: list[str], verbosity: int) -> None:
+    assert cli._parser().parse_args(argv).verbose == verbosity
+
+
+# --- predict checks its inputs before loading anything ---------------------------------------
+@pytest.fixture
+def closed_mlflow(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A tracking URI where nothing listens: any attempt to resolve a model fails loudly."""
+    from devtools.local_services import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("WEATHER_MLFLOW_TRACKING_URI", uri)
+    for name in ("WEATHER_REGISTERED_MODEL", "WEATHER_MAX_OBJECT_BYTES",
+                 "WEATHER_MIN_IMAGE_SIDE"):
+        monkeypatch.delenv(name, raising=False)
+    return uri
+
+
+def _photo(path: Path, side: int = 64) -> Path:
+    Image.new("RGB", (side, side), (90, 140, 200)).save(path)
+    return path
+
+
+def test_predict_reports_each_unusable_file_in_one_line_and_loads_no_model(
+    tmp_path: Path, closed_mlflow: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jpg"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    tiny = _photo(tmp_path / "tiny.png", side=8)
+    rc = cli.main(["predict", *(str(p) for p in (missing, folder, text, empty, tiny))])
+    out, err = capsys.readouterr()
+    assert (rc, err) == (1, "")  # nothing asked the (closed) tracking server
+    assert out.splitlines() == [
+        "model: not loaded (models:/weather-classifier@champion): no usable image",
+        f"{missing}: unreadable: no such file or directory",
+        f"{folder}: unreadable: is a directory",
+        f"{text}: not_an_image: content is not a recognised image format",
+        f"{empty}: empty: the object has no bytes",
+        f"{tiny}: too_small: 8x8 is below 32 px",
+    ]
+
+
+def test_predict_checks_the_size_before_reading(
+    tmp_path: Path, closed_mlflow: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    photo = _photo(tmp_path / "photo.png")
+    monkeypatch.setenv("WEATHER_MAX_OBJECT_BYTES", "100")
+    assert cli.main(["predict", "--json", str(photo)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_uri"] is None
+    assert out["requested_model_uri"] == "models:/weather-classifier@champion"
+    (row,) = out["predictions"]
+    assert row["error_code"] == "too_many_bytes" and row["error"].endswith("bytes > 100")
+
+
+def test_predict_asks_mlflow_once_a_file_is_usable(
+    tmp_path: Path, closed_mlflow: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other side of the check: a usable file goes on to resolve the model."""
+    photo = _photo(tmp_path / "photo.png")
+    assert cli.main(["predict", str(photo), str(tmp_path / "missing.jpg")]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"weather predict: error: MLflow tracking server {closed_mlflow}: cannot connect "
+        "(2 attempts): is it running and WEATHER_MLFLOW_TRACKING_URI right?"
+    ]
+
+
+def test_predict_without_a_usable_file_imports_no_mlflow_or_tensorflow(
+    tmp_path: Path, closed_mlflow: str
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    code = (
+        "import sys\n"
+        "from weather_tasks import cli\n"
+        f"rc = cli.main(['predict', {str(text)!r}])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'mlflow', 'tensorflow', 'keras', 'pandas'}))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "[]"
+    assert proc.stderr == ""
