@@ -9,9 +9,9 @@ Parse-time settings (schedule, registered model, the champion Asset) come from
 time, overridden per run by the trigger-form params, which are generated from the per-run
 settings declared in ``weather_tasks.config`` (the form never offers storage or tracking
 settings). S3 credentials and endpoint come from the Airflow connection ``weather_s3`` (type
-``aws``, ``{"endpoint_url": ...}`` in its extra for MinIO). To run one night of
-``dags/weather_retrain.py`` locally through ``dag.test()``, the development package has a
-runner: ``python -m devtools.night '{"force_retrain": true, "epochs": 2}'``.
+``aws``, ``{"endpoint_url": ...}`` in its extra for MinIO). Each night's summary is written
+to ``s3://<bucket>/nights/`` (``weather status``). ``weather demo`` (development package) runs
+nights of ``dags/weather_retrain.py`` on a local Airflow.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from weather_notify import failure_alerts, night_deadlines
 from weather_settings import CHAMPION, CHAMPION_UPDATES, SCHEDULE
 
 from weather_tasks import config, tracking  # cheap at parse time (no MLflow import)
@@ -143,7 +144,12 @@ def _record_failed_night(context: Any) -> None:
     max_active_runs=1,
     tags=["weather", "ml", "retraining"],
     default_args={"owner": "ml-platform"},
-    on_failure_callback=_record_failed_night,
+    # Record the failed night first, then alert (WEATHER_ALERT_*; none: the function alone).
+    on_failure_callback=(
+        [_record_failed_night, *alerts]
+        if (alerts := failure_alerts(tracking.RETRAIN_DAG_ID)) else _record_failed_night
+    ),
+    deadline=night_deadlines(tracking.RETRAIN_DAG_ID) or None,  # WEATHER_NIGHT_DEADLINE_HOURS
     doc_md=__doc__,
     params={name: Param(**spec) for name, spec in config.dag_params().items()},
 )

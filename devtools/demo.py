@@ -2,15 +2,17 @@
 
 What it starts, all on 127.0.0.1 and all under the state directory (default ``.demo``):
 an S3 server (moto), an MLflow tracking server + registry (SQLite, artifacts on the S3
-server) and an Airflow home on SQLite. It uploads photos to ``incoming/`` (synthetic
-scenes by default, ``--images DIR`` for a real folder), then runs the real DAG
-``weather_retrain`` through ``dag.test()`` in a subprocess (``devtools.night``): the same task
-code a scheduler would run (ingest, short-circuit, train, evaluate, promote, report), not a
-shortcut.
+server) and Airflow's own components on SQLite with the LocalExecutor (scheduler,
+dag-processor, triggerer, API server with a login: ``local_services.start_airflow_stack``).
+It uploads photos to ``incoming/`` (synthetic scenes by default, ``--images DIR`` for a real
+folder), then triggers the real DAG ``weather_retrain`` through the REST API and follows it
+there and in MLflow (``devtools.night``): the scheduler runs the tasks (ingest, short-circuit,
+train, evaluate, promote, report), and their logs are in the UI.
 
 Every invocation is one more night. The first uploads the initial set (plus a few bad files,
 to show quarantine); later ones add a few new images, so they show an incremental night
-against the champion. ``--serve`` starts the MLflow and Airflow UIs on what the nights made.
+against the champion. ``--serve`` keeps the same services running on what the nights made
+(the UIs, the Trigger button, the nightly schedule) until Ctrl-C.
 
 State across invocations: moto keeps S3 objects in memory only (its server has no disk
 persistence), so after each night the demo mirrors every bucket into ``<state>/s3``
@@ -36,14 +38,16 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devtools import local_services
 from devtools import night as dag_night
+from devtools.airflow_api import ApiError
 from weather_tasks import config, storage
 from weather_tasks.config import PipelineConfig
 
@@ -79,8 +83,10 @@ class DemoSettings:
     bucket: str = "weather"
     mlflow_port: int = 5000
     airflow_port: int = 8080
+    night_timeout_s: float = 3600
 
     def pipeline_env(self) -> dict[str, str]:
+        """A demo night is triggered by the demo: no schedule (``--serve`` sets the nightly one)."""
         return {
             "WEATHER_BUCKET": self.bucket,
             "WEATHER_IMAGE_SIZE": str(self.image_size),
@@ -104,6 +110,7 @@ class DemoReport:
     report: dict[str, Any] | None
     state_dir: str
     log: str
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step: airflow, night...
     lines: tuple[str, ...] = ()
 
     @property
@@ -147,15 +154,18 @@ class _Progress:
         self.total = total
         self.n = 0
         self.started = time.monotonic()
+        self.name = ""
+        self.seconds: dict[str, float] = {}  # each finished step's duration, by name
 
-    def step(self, text: str) -> float:
+    def step(self, name: str, text: str) -> float:
         self.n += 1
+        self.name = name
         print(f"[{self.n}/{self.total}] {text}", flush=True)
         return time.monotonic()
 
-    @staticmethod
-    def done(since: float, text: str = "done") -> None:
-        print(f"      {text} ({time.monotonic() - since:.1f}s)", flush=True)
+    def done(self, since: float, text: str = "done") -> None:
+        self.seconds[self.name] = round(time.monotonic() - since, 1)
+        print(f"      {text} ({self.seconds[self.name]:.1f}s)", flush=True)
 
     @staticmethod
     def info(text: str) -> None:
@@ -175,12 +185,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_demo)
 
 
-def cmd_demo(cfg: PipelineConfig, args: argparse.Namespace) -> DemoReport | dict[str, Any]:
+def cmd_demo(cfg: PipelineConfig, args: argparse.Namespace) -> DemoReport | ServeReport:
     """The CLI handler: the demo builds its own config (demo defaults, then ``WEATHER_*``)."""
     return run_demo(args)
 
 
-def run_demo(args: argparse.Namespace) -> DemoReport | dict[str, Any]:
+def run_demo(args: argparse.Namespace) -> DemoReport | ServeReport:
     """One demo night (or, with ``--serve``, the UIs on the demo's state until Ctrl-C)."""
     settings = DemoSettings()
     state_dir = Path(getattr(args, "state_dir", None) or ".demo").resolve()
@@ -189,7 +199,12 @@ def run_demo(args: argparse.Namespace) -> DemoReport | dict[str, Any]:
     logging.getLogger("botocore").setLevel(logging.WARNING)  # the steps speak for themselves
     if getattr(args, "serve", False):
         return serve_ui(state_dir, settings)
-    return run_night(state_dir, settings, getattr(args, "images", None))
+    try:
+        return run_night(state_dir, settings, getattr(args, "images", None))
+    except KeyboardInterrupt:
+        raise SystemExit(
+            f"interrupted: the services are stopped; state kept in {state_dir}"
+        ) from None
 
 
 def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> DemoReport:
@@ -206,17 +221,101 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
         settings = dataclasses.replace(
             settings, epochs=settings.real_epochs, batch_size=settings.real_batch_size
         )
-    logs = state_dir / "logs"
     env_settings = {**settings.pipeline_env(), **_weather_overrides()}
     cfg = config.from_env(environ=env_settings, work_dir=state_dir / "work")
     _print_header(night, state_dir, cfg, settings, state.images_source)
 
     progress = _Progress(total=6)
-    services: list[local_services.Service] = []
-    s3: Any = None
-    saved_ok = False
+    with _demo_services(state_dir, settings, env_settings, progress) as (cfg, s3, stack):
+        t = progress.step("upload", "Upload photos to incoming/")
+        uploaded, what = _upload_night(cfg, s3, state, state_dir, settings, images, night)
+        progress.done(t, f"{uploaded} files to s3://{cfg.bucket}/{cfg.incoming_prefix} ({what})")
+
+        t = progress.step("night", f"Trigger the DAG {DAG_ID} through the REST API and follow it")
+        result = _run_dag(stack, cfg, settings)
+        progress.done(t, f"DAG run {result.run_id}: {result.state}")
+
+    seconds = time.monotonic() - progress.started
+    state.nights = night
+    state.history.append({
+        "night": night, "state": result.state, "seconds": round(seconds, 1),
+        "outcome": (result.report or {}).get("outcome"),
+        "champion": _champion_version(result.report),
+    })
+    state.save(state_file)
+    lines = _night_lines(night, result, seconds, state, settings, state_dir)
+    return DemoReport(
+        night=night, state=result.state, seconds=round(seconds, 1), run_id=result.run_id,
+        tasks=result.tasks, report=result.report, state_dir=str(state_dir),
+        log=str(state_dir / "airflow" / "logs"), steps=progress.seconds, lines=tuple(lines),
+    )
+
+
+@dataclass(frozen=True)
+class ServeReport:
+    """What ``--serve`` leaves behind when stopped."""
+
+    state_dir: str
+    stopped_because: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return f"Stopped ({self.stopped_because}); the demo state stays in {self.state_dir}."
+
+
+def serve_ui(state_dir: Path, settings: DemoSettings) -> ServeReport:
+    """The demo's services on its state until Ctrl-C: the UIs, the Trigger button and the
+    nightly schedule (``WEATHER_SCHEDULE``, default ``0 2 * * *``)."""
+    if not (state_dir / "airflow" / "airflow.db").exists():
+        raise SystemExit(f"no demo state in {state_dir}: run `weather demo` first")
+    env_settings = {**settings.pipeline_env(), "WEATHER_SCHEDULE": "", **_weather_overrides()}
+    progress = _Progress(total=5)
+    stopped_because = "interrupted: Ctrl-C or SIGTERM"
+    # SIGTERM (kill, a service manager) stops it as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        t = progress.step("S3 server (moto, in memory; state restored from disk)")
+        with _demo_services(state_dir, settings, env_settings, progress) as (cfg, _, stack):
+            t = progress.step("unpause", "Unpause the DAGs (Trigger button and schedule)")
+            dag = stack.api.wait_for_dag(DAG_ID, stack.started, timeout=300)
+            dag_ids = stack.api.dag_ids()
+            for dag_id in dag_ids:
+                stack.api.set_paused(dag_id, False)
+            progress.done(t, f"{', '.join(dag_ids)}; {DAG_ID}: {dag.get('timetable_summary')}")
+            print(
+                f"\nServing the demo state in {state_dir}:\n"
+                f"  Airflow UI:   {stack.url}  (user {stack.user}, password {stack.password}; "
+                f"DAG {DAG_ID}: runs, task logs, Trigger, 'MLflow run' links)\n"
+                f"  Model page:   {stack.url}/weather-models/  (also Browse > Weather models)\n"
+                f"  MLflow UI:    {cfg.mlflow_tracking_uri}/#/models/{cfg.registered_model}\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+            while not (dead := [s for s in stack.services if s.process.poll() is not None]):
+                time.sleep(1)
+            stopped_because = f"airflow {dead[0].name} exited; its log: {dead[0].log_path}"
+    except KeyboardInterrupt:
+        pass
+    return ServeReport(state_dir=str(state_dir), stopped_because=stopped_because)
+
+
+@contextmanager
+def _demo_services(
+    state_dir: Path, settings: DemoSettings, env_settings: dict[str, str], progress: _Progress
+) -> Iterator[tuple[PipelineConfig, Any, local_services.AirflowStack]]:
+    """S3 (state restored), MLflow and Airflow on the demo state; on the way out the S3 state
+    is saved (a failed or interrupted night keeps what it wrote: MLflow's database may point
+    at artifacts on the S3 server), the DAGs are paused (a next start must not run a schedule
+    parsed with other settings before the dag-processor has parsed this one's) and every
+    process is stopped."""
+    logs = state_dir / "logs"
+    cfg = config.from_env(environ=env_settings, work_dir=state_dir / "work")
+    services: list[local_services.Service] = []
+    stack: local_services.AirflowStack | None = None
+    s3: Any = None
+    try:
+        t = progress.step("s3", "S3 server (moto, in memory; state restored from disk)")
         s3_server = local_services.start_s3_server(logs)
         services.append(s3_server)
         cfg = config.override(cfg, s3_endpoint_url=s3_server.url)
@@ -226,125 +325,51 @@ def run_night(state_dir: Path, settings: DemoSettings, images: str | None) -> De
             local_services.ensure_bucket(s3, bucket)
         progress.done(t, f"{s3_server.url}; restored {restored} objects from {state_dir / 's3'}")
 
-        t = progress.step("MLflow tracking server + registry (SQLite, artifacts on the S3 server)")
+        t = progress.step(
+            "mlflow", "MLflow tracking server + registry (SQLite, artifacts on the S3 server)"
+        )
         mlflow_server = local_services.start_mlflow_server(
             logs, backend_store_uri=f"sqlite:///{state_dir / 'mlflow.db'}",
             artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
-            s3_endpoint_url=s3_server.url,
+            s3_endpoint_url=s3_server.url, port=_port_or_free(settings.mlflow_port),
         )
         services.append(mlflow_server)
+        cfg = config.override(cfg, mlflow_tracking_uri=mlflow_server.url)
         progress.done(t, mlflow_server.url)
 
-        t = progress.step("Airflow home on SQLite")
+        t = progress.step("airflow", "Airflow: scheduler, dag-processor, triggerer, "
+                          "API server (SQLite, LocalExecutor, 127.0.0.1)")
+        home = state_dir / "airflow"
         env = {
             **local_services.airflow_env(
-                state_dir / "airflow", s3_endpoint_url=s3_server.url,
-                mlflow_tracking_uri=mlflow_server.url, repo=REPO,
+                home, s3_endpoint_url=s3_server.url, mlflow_tracking_uri=mlflow_server.url,
+                repo=REPO,
             ),
             **env_settings,
             "WEATHER_WORK_DIR": str(cfg.work_dir),
-            "WEATHER_MLFLOW_UI_URL": f"http://127.0.0.1:{settings.mlflow_port}",
-        }
-        if not (state_dir / "airflow" / "airflow.db").exists():
-            progress.info("first night: creating Airflow's database (airflow db migrate)")
-            local_services.run_airflow(env, "db", "migrate", log_dir=logs, timeout=900)
-        progress.done(t, f"{state_dir / 'airflow'} ready")
-
-        t = progress.step("Upload photos to incoming/")
-        uploaded, what = _upload_night(cfg, s3, state, state_dir, settings, images, night)
-        progress.done(t, f"{uploaded} files to s3://{cfg.bucket}/{cfg.incoming_prefix} ({what})")
-
-        t = progress.step(f"Run the DAG {DAG_ID} (dag.test(): the real tasks, in order)")
-        result = _run_dag(env, logs / f"night-{night}.log")
-        progress.done(t, f"DAG run {result.get('run_id')}: {result.get('state')}")
-
-        t = progress.step("Save S3 state")
-        saved = snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
-        saved_ok = True
-        progress.done(t, f"{saved} new or changed objects written to {state_dir / 's3'}")
-    finally:
-        if not saved_ok and s3 is not None:
-            # A failed or interrupted night still keeps what it wrote (the MLflow database
-            # may already point at artifacts on the S3 server).
-            try:
-                snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
-            except Exception as exc:  # noqa: BLE001 - report, then let the first error surface
-                print(f"      could not save S3 state: {exc}", file=sys.stderr)
-        for service in reversed(services):
-            service.stop()
-
-    seconds = time.monotonic() - progress.started
-    state.nights = night
-    state.history.append({
-        "night": night, "state": result.get("state"), "seconds": round(seconds, 1),
-        "outcome": (result.get("report") or {}).get("outcome"),
-        "champion": _champion_version(result.get("report")),
-    })
-    state.save(state_file)
-    lines = _night_lines(night, result, seconds, state, settings, state_dir)
-    return DemoReport(
-        night=night, state=str(result.get("state")), seconds=round(seconds, 1),
-        run_id=result.get("run_id"), tasks=result.get("tasks") or {},
-        report=result.get("report"), state_dir=str(state_dir),
-        log=str(logs / f"night-{night}.log"), lines=tuple(lines),
-    )
-
-
-def serve_ui(state_dir: Path, settings: DemoSettings) -> dict[str, Any]:
-    """MLflow and the Airflow API server (UI + plugin page) on the demo's state, until Ctrl-C."""
-    if not (state_dir / "airflow" / "airflow.db").exists():
-        raise SystemExit(f"no demo state in {state_dir}: run `weather demo` first")
-    logs = state_dir / "logs"
-    cfg = config.from_env(environ={**settings.pipeline_env(), **_weather_overrides()})
-    services: list[local_services.Service] = []
-    try:
-        s3_server = local_services.start_s3_server(logs)
-        services.append(s3_server)
-        s3 = storage.make_client(config.override(cfg, s3_endpoint_url=s3_server.url))
-        restored = restore_buckets(s3, state_dir / "s3")
-        mlflow_port = _port_or_free(settings.mlflow_port)
-        mlflow_server = local_services.start_mlflow_server(
-            logs, backend_store_uri=f"sqlite:///{state_dir / 'mlflow.db'}",
-            artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
-            s3_endpoint_url=s3_server.url, port=mlflow_port,
-        )
-        services.append(mlflow_server)
-        airflow_port = _port_or_free(settings.airflow_port)
-        env = {
-            **local_services.airflow_env(
-                state_dir / "airflow", s3_endpoint_url=s3_server.url,
-                mlflow_tracking_uri=mlflow_server.url, repo=REPO,
-            ),
-            **settings.pipeline_env(), **_weather_overrides(),
             "WEATHER_MLFLOW_UI_URL": mlflow_server.url,
         }
-        airflow_url = f"http://127.0.0.1:{airflow_port}"
-        api = local_services.start_airflow(
-            "airflow-api-server", ["api-server", "--port", str(airflow_port)], env, logs,
-            url=airflow_url,
+        stack = local_services.start_airflow_stack(
+            env, logs, port=_port_or_free(settings.airflow_port),
+            migrate=not (home / "airflow.db").exists(), say=_Progress.info,
         )
-        services.append(api)
-        local_services.wait_http(airflow_url + "/api/v2/monitor/health", [api], timeout=300)
-        print(
-            f"Serving the demo state in {state_dir} ({restored} S3 objects restored):\n"
-            f"  Airflow UI:   {airflow_url}  (DAG {DAG_ID}: runs, task logs, 'MLflow run' links)\n"
-            f"  Model page:   {airflow_url}/weather-models/  (also Browse > Weather models)\n"
-            f"  MLflow UI:    {mlflow_server.url}/#/models/{cfg.registered_model}\n"
-            "Press Ctrl-C to stop.",
-            flush=True,
-        )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            while api.process.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        # Keep anything changed through the UIs (e.g. artifacts) for the next night.
-        snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
+        progress.done(t, f"{stack.url} (user {stack.user}, password {stack.password}; "
+                         f"also in {_rel(stack.password_file)})")
+        yield cfg, s3, stack
     finally:
-        for service in reversed(services):
-            service.stop()
-    return {"served": str(state_dir)}
+        if s3 is not None:
+            t = progress.step("stop", "Save S3 state, stop the services")
+            try:
+                saved = snapshot_buckets(s3, [cfg.bucket, MLFLOW_BUCKET], state_dir / "s3")
+                _Progress.info(f"{saved} new or changed objects written to {state_dir / 's3'}")
+            except Exception as exc:  # noqa: BLE001 - report, then let the first error surface
+                print(f"      could not save S3 state: {exc}", file=sys.stderr)
+        if stack is not None:
+            _pause_all(stack)
+            stack.stop()
+        local_services.stop_services(services[::-1])
+        if s3 is not None:
+            progress.done(t, "stopped")
 
 
 # --- S3 state on disk ------------------------------------------------------------------------
@@ -497,17 +522,31 @@ def _stage_bad_files(folder: Path, made: list[Path]) -> int:
 # --- the DAG run ---------------------------------------------------------------------------------
 
 
-def _run_dag(env: dict[str, str], log_path: Path) -> dict[str, Any]:
+def _run_dag(
+    stack: local_services.AirflowStack, cfg: PipelineConfig, settings: DemoSettings
+) -> dag_night.NightRun:
     """One night through :func:`devtools.night.run_night`, task states and epochs as they come."""
 
     def show(p: dag_night.NightProgress) -> None:
         _Progress.info(f"[{p.seconds:5.0f}s] {p.task:<13} {p.what}")
 
-    run = dag_night.run_night(env, {}, log_path=log_path, cwd=REPO, on_progress=show)
-    if run.crashed:
-        tail = "\n".join(run.output.splitlines()[-40:])
-        raise RuntimeError(f"the DAG run printed no result (exit {run.returncode}):\n{tail}")
-    return run.summary
+    _Progress.info(f"waiting for the dag-processor to parse {DAG_ID}")
+    stack.api.wait_for_dag(DAG_ID, stack.started, timeout=300)
+    stack.api.set_paused(DAG_ID, False)
+    _Progress.info(f"watch it in the UI: {stack.url}/dags/{DAG_ID} (user {stack.user})")
+    training = dag_night.Training(cfg.mlflow_tracking_uri, cfg.experiment_name)
+    return dag_night.run_night(
+        stack.api, {}, timeout=settings.night_timeout_s, training=training, on_progress=show
+    )
+
+
+def _pause_all(stack: local_services.AirflowStack) -> None:
+    """Best effort: pause every DAG before the components stop (see ``_demo_services``)."""
+    try:
+        for dag_id in stack.api.dag_ids():
+            stack.api.set_paused(dag_id, True)
+    except (OSError, ApiError) as exc:
+        print(f"      could not pause the DAGs: {exc}", file=sys.stderr)
 
 
 # --- printing --------------------------------------------------------------------------------
@@ -533,16 +572,13 @@ def _print_header(
 
 
 def _night_lines(
-    night: int, result: dict[str, Any], seconds: float, state: _State, s: DemoSettings,
+    night: int, result: dag_night.NightRun, seconds: float, state: _State, s: DemoSettings,
     state_dir: Path,
 ) -> list[str]:
-    report = result.get("report") or {}
-    out = ["", f"Night {night}: {result.get('state')} in {seconds:.0f}s "
-               f"(DAG run {result.get('run_id')}, outcome: {report.get('outcome')})"]
-    tasks = result.get("tasks") or {}
-    order = ["ingest", "anything_new", "train", "evaluate", "promote", "report"]
-    ranked = sorted(tasks.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
-    out.append("  tasks: " + ", ".join(f"{k}={v}" for k, v in ranked))
+    report = result.report or {}
+    out = ["", f"Night {night}: {result.state} in {seconds:.0f}s "
+               f"(DAG run {result.run_id}, outcome: {report.get('outcome')})"]
+    out.append("  tasks: " + ", ".join(f"{k}={v}" for k, v in result.tasks.items()))
     ing = report.get("ingest")
     if ing:
         q = ing.get("quarantined_total") or 0
@@ -596,11 +632,14 @@ def _night_lines(
             if not state.images_source or state.real_pending
             else "the folder has nothing new left, so that night short-circuits."
         ),
-        "Look at what it made (MLflow UI, Airflow UI with the run and the model-history page):",
+        "Look at what it made (Airflow UI with the runs, task logs, Trigger and the "
+        "model-history page; MLflow UI), with the nightly schedule on:",
         f"  .venv/bin/weather demo --serve --state-dir {_rel(state_dir)}",
-        f"  then open http://127.0.0.1:{s.airflow_port} (Airflow; Browse > Weather models) and "
+        f"  then open http://127.0.0.1:{s.airflow_port} (Airflow, user "
+        f"{local_services.AIRFLOW_USER}; Browse > Weather models) and "
         f"http://127.0.0.1:{s.mlflow_port} (MLflow)",
-        f"Logs: {_rel(state_dir / 'logs')}/  Start over: rm -rf {_rel(state_dir)}",
+        f"Logs: services {_rel(state_dir / 'logs')}/, tasks {_rel(state_dir / 'airflow' / 'logs')}/"
+        f"  Start over: rm -rf {_rel(state_dir)}",
     ]
     return out
 

@@ -2,14 +2,17 @@
 
 Used by the demo, the tests and the benchmarks: an S3 server (moto in server mode,
 spoken to over HTTP by boto3 exactly as AWS or MinIO would be), an MLflow tracking
-server with its registry and artifacts on that S3 server, and a local Airflow's
-environment (a DAG night itself runs through ``devtools.night``). Nothing here is used in
-production, where the compose file (or AWS) provides the real thing.
+server with its registry and artifacts on that S3 server, and a local Airflow: its
+environment and its own components (scheduler, dag-processor, triggerer, API server; a DAG
+night is triggered and followed through its REST API by ``devtools.night``). Nothing here is
+used in production, where the compose file (or AWS) provides the real thing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,8 +20,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+
+from devtools.airflow_api import AirflowApi, health
 
 # moto accepts any credentials; these exist only so boto3 finds some.
 LOCAL_S3_ENV = {
@@ -37,16 +44,22 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    terminated: bool = False
 
-    def stop(self) -> None:
-        """SIGTERM to the whole process group (mlflow forks uvicorn workers), then SIGKILL."""
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM to the whole process group (mlflow forks uvicorn workers), once."""
+        if self.process.poll() is None and not self.terminated:
             self._signal_group(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.process.wait()
+            self.terminated = True
+
+    def stop(self, timeout: float = 10) -> None:
+        """:meth:`terminate`, wait up to ``timeout`` seconds, then SIGKILL."""
+        self.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.process.wait()
         self._signal_group(signal.SIGKILL)  # any child left behind
 
     def _signal_group(self, sig: int) -> None:
@@ -102,6 +115,15 @@ def start_airflow(
 ) -> Service:
     """One Airflow component (``api-server``, ``scheduler``, ``celery worker`` ...)."""
     return start_process(name, [_bin("airflow"), *args], log_dir, env, url)
+
+
+def stop_services(services: list[Service], timeout: float = 20) -> None:
+    """Stop ``services`` together: SIGTERM to all, then wait (SIGKILL what outlives ``timeout``)."""
+    for service in services:
+        service.terminate()
+    deadline = time.monotonic() + timeout
+    for service in services:
+        service.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def wait_http(url: str, services: list[Service], timeout: float) -> None:
@@ -231,6 +253,19 @@ def ensure_bucket(s3: object, bucket: str) -> None:
 # Only environment variables and subprocesses: this module must not import airflow.
 
 AIRFLOW_S3_CONN_ID = "weather_s3"  # the DAG's connection id (dags/weather_retrain.py)
+AIRFLOW_USER = "demo"
+# The components a scheduled night needs, in the order they are stopped. The scheduler and the
+# triggerer would each start a log server on every interface (no host setting): they are run
+# with --skip-serve-logs, and the API server reads task logs from the shared logs folder.
+AIRFLOW_COMPONENTS: dict[str, list[str]] = {
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "api-server": ["api-server"],
+}
+# /api/v2/monitor/health's names for the components that heartbeat.
+_HEARTBEATS = {"scheduler": "scheduler", "dag_processor": "dag-processor",
+               "triggerer": "triggerer"}
 
 
 def airflow_env(
@@ -246,12 +281,10 @@ def airflow_env(
 
     The S3 connection is an ``AIRFLOW_CONN_WEATHER_S3`` variable of type ``aws`` with the local
     server's dummy keys and its endpoint in the extra, exactly the shape production uses.
-    ``sql_alchemy_conn`` defaults to SQLite in ``home`` (fine for ``dag.test()``); the Celery
-    set-up passes a PostgreSQL URL. All admins: the simple auth manager, local use only.
+    ``sql_alchemy_conn`` defaults to SQLite in ``home``; the Celery set-up passes a PostgreSQL
+    URL. Login: the simple auth manager with one admin, ``demo``, whose password Airflow
+    generates into ``home`` on the API server's first start (:func:`airflow_login`).
     """
-    import json
-    import secrets
-
     repo = repo or Path(__file__).resolve().parents[1]  # devtools/ is one level below the repo
     home = Path(home).resolve()
     conn = {
@@ -272,7 +305,8 @@ def airflow_env(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": executor,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn or sqlite,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
         # Every component of one local Airflow must sign and check tokens with the same key.
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
@@ -304,3 +338,125 @@ def run_airflow(
             f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+@dataclass
+class AirflowStack:
+    """A running local Airflow: its components, its API server's URL, a logged-in client."""
+
+    url: str
+    services: list[Service]
+    api: AirflowApi
+    user: str
+    password: str
+    password_file: Path
+    started: datetime  # when the components were started (UTC): DAGs parsed later are current
+
+    def stop(self) -> None:
+        """All components at once (SIGTERM: the scheduler ends its running tasks)."""
+        stop_services(self.services)
+
+
+def start_airflow_stack(
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    parallelism: int = 2,
+    migrate: bool = True,
+    timeout: float = 300,
+    say: Callable[[str], None] = print,
+) -> AirflowStack:
+    """``airflow db migrate`` (unless ``migrate`` is False: a database this Airflow made), then
+    scheduler, dag-processor, triggerer and API server, each in its own process group, the API
+    server on 127.0.0.1:``port`` (default: a free port).
+
+    ``env`` is :func:`airflow_env`'s (LocalExecutor; ``parallelism`` task processes at most).
+    Waits until the API answers and every component heartbeats (``/api/v2/monitor/health``),
+    saying each as it comes up; a component that exits or is not up within ``timeout`` seconds
+    stops the others and fails naming it and its log file.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **env,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        # Airflow's components start helpers by name (``airflow``, ``uvicorn``).
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    t0 = time.monotonic()
+    if migrate:
+        say("creating or upgrading Airflow's database (airflow db migrate)")
+        run_airflow(env, "db", "migrate", log_dir=log_dir, timeout=timeout)
+    say(f"starting {', '.join(AIRFLOW_COMPONENTS)} ({time.monotonic() - t0:.0f}s); "
+        f"logs in {log_dir}")
+    started = datetime.now(UTC)
+    services = []
+    for name, args in AIRFLOW_COMPONENTS.items():
+        if name == "api-server":
+            args = [*args, "--host", "127.0.0.1", "--port", str(port)]
+        services.append(start_airflow(name, args, env, log_dir, url))
+    try:
+        _wait_until_healthy(url, services, started, time.monotonic() + timeout, say, t0)
+        user, password, password_file = airflow_login(env)
+        api = AirflowApi(url, user, password)
+    except BaseException:
+        stop_services(services)
+        raise
+    return AirflowStack(url, services, api, user, password, password_file, started)
+
+
+def airflow_login(env: dict[str, str]) -> tuple[str, str, Path]:
+    """The simple auth manager's first user, its password and the file Airflow generated it in
+    (``[core] simple_auth_manager_passwords_file``, default in ``AIRFLOW_HOME``)."""
+    user = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")[0].split(":")[0]
+    path = Path(
+        env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+        or Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    )
+    return user, json.loads(path.read_text())[user], path
+
+
+def _wait_until_healthy(
+    url: str,
+    services: list[Service],
+    started: datetime,
+    deadline: float,
+    say: Callable[[str], None],
+    t0: float,
+) -> None:
+    """Until the API answers and each component has heartbeated since ``started``."""
+    pending = [s.name for s in services]
+    last_said = time.monotonic()
+    while pending:
+        for s in services:
+            if s.process.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {s.name} exited with {s.process.returncode} while starting; "
+                    f"its log: {s.log_path}\n{s.log_tail()}"
+                )
+        status = health(url)
+        up = []
+        if status is not None:
+            up.append("api-server")
+            for key, name in _HEARTBEATS.items():
+                beat = (status.get(key) or {}).get(f"latest_{key}_heartbeat")
+                if beat and datetime.fromisoformat(beat) > started:
+                    up.append(name)
+        for name in [n for n in pending if n in up]:
+            pending.remove(name)
+            say(f"{name} up ({time.monotonic() - t0:.0f}s)")
+            last_said = time.monotonic()
+        if pending and time.monotonic() - last_said > 15:
+            say(f"waiting for {', '.join(pending)} ({time.monotonic() - t0:.0f}s)")
+            last_said = time.monotonic()
+        if pending and time.monotonic() > deadline:
+            logs = ", ".join(f"{s.name} (log {s.log_path})" for s in services if s.name in pending)
+            raise RuntimeError(f"Airflow did not start in time: not up: {logs}")
+        if pending:
+            time.sleep(1)

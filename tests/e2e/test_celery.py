@@ -23,8 +23,6 @@ import shutil
 import socket
 import textwrap
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +30,7 @@ from typing import Any
 import pytest
 
 from devtools import local_services
+from devtools.airflow_api import AirflowApi, ApiError
 from tests.support import REPO, mwd_images
 from weather_tasks import config, ingest, storage
 
@@ -72,54 +71,6 @@ def _reachable(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Api:
-    """The REST API as a client sees it: a JWT from /auth/token, then /api/v2 calls."""
-
-    def __init__(self, url: str, username: str, password: str) -> None:
-        self.url = url
-        body = json.dumps({"username": username, "password": password}).encode()
-        request = urllib.request.Request(
-            f"{url}/auth/token", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            self.token = json.loads(resp.read())["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"{self.url}{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def get(self, path: str) -> Any:
-        status, data = self.call("GET", path)
-        assert status == 200, (path, status, data)
-        return data
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> tuple[int, Any]:
-        body = {"logical_date": None, "conf": conf}
-        return self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(3)
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {timeout}s")
-
-    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
-        data = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti for ti in data["task_instances"]}
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +163,7 @@ def celery_airflow(
     ]
     try:
         local_services.wait_http(f"{api_url}/api/v2/monitor/health", services, timeout=300)
-        api = Api(api_url, "admin", password)
+        api = AirflowApi(api_url, "admin", password)
         yield {"api": api, "url": api_url, "env": env, "cfg": cfg, "s3": s3, "logs": logs,
                "services": services, "mlflow_url": mlflow_server.url}
     finally:
@@ -220,11 +171,11 @@ def celery_airflow(
             service.stop()
 
 
-def _wait_for_dags(api: Api, dag_ids: list[str], timeout: float = 300) -> None:
+def _wait_for_dags(api: AirflowApi, dag_ids: list[str], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     missing = dag_ids
     while time.monotonic() < deadline:
-        missing = [d for d in dag_ids if api.call("GET", f"/api/v2/dags/{d}")[0] != 200]
+        missing = [d for d in dag_ids if api.dag(d) is None]
         if not missing:
             return
         time.sleep(3)
@@ -234,22 +185,21 @@ def _wait_for_dags(api: Api, dag_ids: list[str], timeout: float = 300) -> None:
 def test_celery_night_triggered_through_the_rest_api(celery_airflow: dict[str, Any]) -> None:
     from mlflow.tracking import MlflowClient
 
-    api: Api = celery_airflow["api"]
+    api: AirflowApi = celery_airflow["api"]
     cfg: config.PipelineConfig = celery_airflow["cfg"]
     dag_ids = ["weather_retrain", "weather_champion_consumer", "weather_jwt_probe"]
     _wait_for_dags(api, dag_ids)
     for dag_id in dag_ids:
-        status, _ = api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-        assert status == 200
+        api.set_paused(dag_id, False)
 
     # Bad params are refused by the API itself: no run is created.
-    status, body = api.trigger("weather_retrain", {**TINY, "model": "model_9"})
-    assert status == 400 and "model" in json.dumps(body), body
-    assert api.get("/api/v2/dags/weather_retrain/dagRuns")["total_entries"] == 0
+    with pytest.raises(ApiError) as refused:
+        api.trigger("weather_retrain", {**TINY, "model": "model_9"})
+    assert refused.value.status == 400 and "model" in json.dumps(refused.value.detail)
+    assert api.call("GET", "/api/v2/dags/weather_retrain/dagRuns")["total_entries"] == 0
 
     # A task that outlives its first token, running beside the night on the same worker.
-    status, probe = api.trigger("weather_jwt_probe", {"seconds": SLEEP})
-    assert status == 200, probe
+    probe = api.trigger("weather_jwt_probe", {"seconds": SLEEP})
 
     folder = celery_airflow["logs"].parent / "images"
     folder.mkdir()
@@ -258,8 +208,7 @@ def test_celery_night_triggered_through_the_rest_api(celery_airflow: dict[str, A
             shutil.copy(path, folder / path.name)
     ingest.upload_folder(cfg, celery_airflow["s3"], folder)
 
-    status, night = api.trigger("weather_retrain", TINY)
-    assert status == 200, night
+    night = api.trigger("weather_retrain", TINY)
     run = api.wait_for_run("weather_retrain", night["dag_run_id"], timeout=900)
     tis = api.task_instances("weather_retrain", night["dag_run_id"])
     assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
@@ -276,20 +225,15 @@ def test_celery_night_triggered_through_the_rest_api(celery_airflow: dict[str, A
     deadline = time.monotonic() + 180
     consumer_runs: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not consumer_runs:
-        consumer_runs = api.get("/api/v2/dags/weather_champion_consumer/dagRuns")["dag_runs"]
+        consumer_runs = api.call("GET", "/api/v2/dags/weather_champion_consumer/dagRuns")[
+            "dag_runs"]
         time.sleep(3)
     assert consumer_runs, "the champion Asset event did not trigger weather_champion_consumer"
     consumer = api.wait_for_run(
         "weather_champion_consumer", consumer_runs[0]["dag_run_id"], timeout=300
     )
     assert consumer["state"] == "success" and consumer["run_type"] == "asset_triggered"
-    status, xcom = api.call(
-        "GET",
-        f"/api/v2/dags/weather_champion_consumer/dagRuns/{consumer['dag_run_id']}"
-        "/taskInstances/new_champion/xcomEntries/return_value?deserialize=true",
-    )
-    assert status == 200, xcom
-    announced = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
+    announced = api.xcom("weather_champion_consumer", consumer["dag_run_id"], "new_champion")
     assert announced["version"] == "1"
     assert announced["pinned_model_uri"] == f"models:/{cfg.registered_model}/1"
 

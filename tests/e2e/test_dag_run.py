@@ -1,10 +1,11 @@
-"""Whole nights of the real ``weather_retrain`` DAG through Airflow's ``dag.test()``.
+"""Whole nights of the real ``weather_retrain`` DAG on a real local Airflow.
 
-Real services: the S3 server and the MLflow server of tests/conftest.py, Airflow on SQLite in
-a temporary home (migrated once for the module), the S3 connection as an ``aws`` connection.
-Each night runs ``python -m devtools.night CONF`` (``dag.test()``) in a child process, so this
-process never configures Airflow. Tiny settings (32 px, 1 epoch, a few dozen real photos) keep a
-night at about two minutes on 2 CPU cores.
+Real services: the S3 server and the MLflow server of tests/conftest.py, and Airflow's own
+components (scheduler, dag-processor, triggerer, API server; SQLite, LocalExecutor) started by
+``local_services.start_airflow_stack`` once for the module, as the demo starts them. Each night
+is triggered and followed through the REST API (``devtools.night``); what the UI shows (task
+logs included) is read back through that API. Tiny settings (32 px, 1 epoch, a few dozen real
+photos) keep a night at a minute or two on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from devtools import local_services
-from devtools.night import NightRun, run_night
+from devtools.airflow_api import AirflowApi, ApiError
+from devtools.night import DAG_ID, TASK_ORDER, NightProgress, NightRun, Training, run_night
 from tests.support import mwd_images
 from weather_tasks import config, ingest, storage
 
@@ -34,12 +37,24 @@ def airflow(
     mlflow_server: local_services.Service,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    """A migrated Airflow home (SQLite) and the environment that points it at the services."""
+    """A running Airflow whose tasks use a bucket (not created yet) and a registered model of
+    their own; yields the stack, its config, the S3 client and its start-up messages."""
     root = tmp_path_factory.mktemp("airflow-e2e")
+    # Own bucket and registered model: other tests share the S3 and MLflow servers.
+    cfg = config.from_env(
+        environ={},
+        bucket=f"e2e-{uuid.uuid4().hex[:10]}",
+        s3_endpoint_url=s3_server.url,
+        registered_model=f"weather-classifier-{uuid.uuid4().hex[:6]}",
+    )
     env = local_services.airflow_env(
         root / "home", s3_endpoint_url=s3_server.url, mlflow_tracking_uri=mlflow_server.url
     )
     env.update(
+        WEATHER_BUCKET=cfg.bucket,
+        WEATHER_REGISTERED_MODEL=cfg.registered_model,
+        # Manual runs only: an unpaused nightly DAG would also start a scheduled run.
+        WEATHER_SCHEDULE="none",
         # Tiny models cannot meet the production floor; the decision rule is unit-tested.
         WEATHER_ACCURACY_FLOOR="0",
         WEATHER_MAX_CLASS_RECALL_DROP="1",
@@ -47,21 +62,15 @@ def airflow(
         # S3 settings come only from the Airflow connection in these runs.
         WEATHER_S3_ENDPOINT_URL="",
     )
-    local_services.run_airflow(env, "db", "migrate", log_dir=root / "logs", timeout=600)
-    yield {"env": env, "root": root, "s3_url": s3_server.url, "mlflow_url": mlflow_server.url}
-
-
-def _bucket(airflow: dict[str, Any]) -> tuple[config.PipelineConfig, Any]:
-    # Own bucket and registered model: other tests share the S3 and MLflow servers.
-    cfg = config.from_env(
-        environ={},
-        bucket=f"e2e-{uuid.uuid4().hex[:10]}",
-        s3_endpoint_url=airflow["s3_url"],
-        registered_model=f"weather-classifier-{uuid.uuid4().hex[:6]}",
-    )
-    s3 = storage.make_client(cfg)
-    local_services.ensure_bucket(s3, cfg.bucket)
-    return cfg, s3
+    said: list[str] = []
+    stack = local_services.start_airflow_stack(env, root / "logs", say=said.append)
+    try:
+        stack.api.wait_for_dag(DAG_ID, stack.started, timeout=300)
+        stack.api.set_paused(DAG_ID, False)
+        yield {"stack": stack, "cfg": cfg, "s3": storage.make_client(cfg), "said": said,
+               "mlflow_url": mlflow_server.url}
+    finally:
+        stack.stop()
 
 
 def _upload(cfg: config.PipelineConfig, s3: Any, folder: Path, per_class: int, skip: int) -> int:
@@ -74,18 +83,21 @@ def _upload(cfg: config.PipelineConfig, s3: Any, folder: Path, per_class: int, s
     return int(ingest.upload_folder(cfg, s3, folder)["uploaded"])
 
 
-def _night(
-    airflow: dict[str, Any], cfg: config.PipelineConfig, conf: dict[str, Any]
-) -> NightRun:
-    env = {
-        **airflow["env"],
-        "WEATHER_BUCKET": cfg.bucket,
-        "WEATHER_REGISTERED_MODEL": cfg.registered_model,
-    }
-    log = airflow["root"] / "logs" / f"night-{uuid.uuid4().hex[:8]}.log"
-    run = run_night(env, conf, log_path=log, cwd=airflow["root"], timeout=900)
-    assert SECRET not in run.output, "the S3 secret key appeared in the logs"
-    return run
+def _night(airflow: dict[str, Any], conf: dict[str, Any]) -> tuple[NightRun, list[str]]:
+    """One night, what it reported while running, and no S3 secret in any task's log."""
+    api: AirflowApi = airflow["stack"].api
+    seen: list[NightProgress] = []
+    training = Training(airflow["mlflow_url"], airflow["cfg"].experiment_name)
+    run = run_night(api, conf, timeout=900, training=training, on_progress=seen.append)
+    for task, state in run.tasks.items():
+        if state in ("success", "failed"):
+            assert SECRET not in _log(api, run, task), f"the S3 secret key is in {task}'s log"
+    return run, [f"{p.task} {p.what}" for p in seen]
+
+
+def _log(api: AirflowApi, run: NightRun, task: str) -> str:
+    assert run.run_id is not None
+    return api.task_log(DAG_ID, run.run_id, task)
 
 
 def _manifests(cfg: config.PipelineConfig, s3: Any) -> list[str]:
@@ -93,24 +105,70 @@ def _manifests(cfg: config.PipelineConfig, s3: Any) -> list[str]:
     return sorted(o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", []))
 
 
-def test_three_nights(airflow: dict[str, Any], tmp_path: Path) -> None:
-    """First night promotes; nothing new short-circuits; new images face the champion."""
+def test_stack_is_local_with_a_login(airflow: dict[str, Any]) -> None:
+    """Every component is up and said so; every socket they listen on is on 127.0.0.1 (no log
+    server on all interfaces); the API wants the demo user's password."""
+    stack: local_services.AirflowStack = airflow["stack"]
+    for name in ("scheduler", "dag-processor", "triggerer", "api-server"):
+        assert any(line.startswith(f"{name} up") for line in airflow["said"]), airflow["said"]
+    listening = []
+    for service in stack.services:
+        root = psutil.Process(service.process.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            listening += [
+                (service.name, c.laddr.ip, c.laddr.port)
+                for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+            ]
+    assert ("api-server", "127.0.0.1", int(stack.url.rsplit(":", 1)[1])) in listening
+    assert {ip for _, ip, _ in listening} == {"127.0.0.1"}, listening
+    with pytest.raises(ApiError) as refused:
+        AirflowApi(stack.url, stack.user, stack.password + "x")
+    assert refused.value.status == 401
+    with pytest.raises(ApiError) as anonymous:
+        stack.api._request("GET", f"/api/v2/dags/{DAG_ID}", token=None)
+    assert anonymous.value.status == 401
+
+
+def test_nights(airflow: dict[str, Any], tmp_path: Path) -> None:
+    """Bucket missing: ingest fails at once, saying so in its log. Then the first night
+    promotes; nothing new short-circuits; new images face the champion."""
     from mlflow.tracking import MlflowClient
 
-    cfg, s3 = _bucket(airflow)
+    cfg: config.PipelineConfig = airflow["cfg"]
+    s3 = airflow["s3"]
+    api: AirflowApi = airflow["stack"].api
     registry = MlflowClient(tracking_uri=airflow["mlflow_url"])
+
+    # Night 0: the deployment's bucket does not exist.
+    failed, _ = _night(airflow, TINY)
+    assert failed.state == "failed"
+    assert failed.tasks["ingest"] == "failed"
+    assert failed.tasks["train"] == failed.tasks["report"] == "upstream_failed"
+    assert f"bucket {cfg.bucket!r} does not exist" in _log(api, failed, "ingest")
+    # A permanent error is not retried (AirflowFailException), and nothing was created.
+    assert failed.run_id is not None
+    assert api.task_instances(DAG_ID, failed.run_id)["ingest"]["try_number"] == 1
+    assert cfg.bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+    local_services.ensure_bucket(s3, cfg.bucket)
     assert _upload(cfg, s3, tmp_path / "night1", per_class=10, skip=0) == 40
 
     # Night 1: everything is new, no champion yet -> version 1 becomes champion.
-    first = _night(airflow, cfg, TINY)
-    assert first.returncode == 0, first.output[-5000:]
-    assert set(first.summary["tasks"].values()) == {"success"}
-    report = first.summary["report"]
-    assert report["outcome"] == "promoted"
+    first, progress = _night(airflow, TINY)
+    assert first.state == "success", first.tasks
+    assert list(first.tasks) == list(TASK_ORDER)
+    assert set(first.tasks.values()) == {"success"}
+    # Followed as it ran: each task's end, and the epoch from MLflow before train's end.
+    followed = [p for p in progress if p.startswith("train ")]
+    assert followed[-2].startswith("train epoch 1/1, val_accuracy "), progress
+    assert followed[-1] == "train success", progress
+    assert "listed 40 objects under incoming/, 40 new" in _log(api, first, "ingest")
+    report = first.report
+    assert report is not None and report["outcome"] == "promoted"
     assert report["ingest"]["accepted"] == 40 and report["ingest"]["manifest_version"] == "v000001"
     assert report["train"]["image_size"] == 32 and report["train"]["epochs_run"] == 1
     assert report["promotion"]["version"] == "1"
-    (event,) = first.summary["champion_events"]
+    (event,) = first.champion_events
     assert event["version"] == "1" and event["manifest_version"] == "v000001"
     name = cfg.registered_model
     assert event["model_uri"] == f"models:/{name}/1"
@@ -118,20 +176,21 @@ def test_three_nights(airflow: dict[str, Any], tmp_path: Path) -> None:
     assert registry.get_model_version_by_alias(name, "champion").version == "1"
 
     # Night 2: nothing new -> training, evaluation and promotion are skipped, report still runs.
-    second = _night(airflow, cfg, TINY)
-    assert second.returncode == 0, second.output[-5000:]
-    tasks = second.summary["tasks"]
+    second, _ = _night(airflow, TINY)
+    assert second.state == "success", second.tasks
+    tasks = second.tasks
     assert {tasks[t] for t in ("train", "evaluate", "promote")} == {"skipped"}
     assert tasks["ingest"] == tasks["report"] == "success"
-    assert second.summary["report"]["outcome"] == "nothing new"
-    assert second.summary["champion_events"] == []
+    assert second.report is not None and second.report["outcome"] == "nothing new"
+    assert second.champion_events == []
     assert _manifests(cfg, s3) == ["v000001.json"]
 
     # Night 3: new photos -> a new manifest; the challenger is compared with champion v1.
     assert _upload(cfg, s3, tmp_path / "night3", per_class=3, skip=10) == 12
-    third = _night(airflow, cfg, {**TINY, "min_delta": -1.0})
-    assert third.returncode == 0, third.output[-5000:]
-    report = third.summary["report"]
+    third, _ = _night(airflow, {**TINY, "min_delta": -1.0})
+    assert third.state == "success", third.tasks
+    report = third.report
+    assert report is not None
     assert report["ingest"]["accepted"] == 12
     assert report["ingest"]["manifest_version"] == "v000002"
     assert report["evaluation"]["champion_version"] == "1"
@@ -139,34 +198,16 @@ def test_three_nights(airflow: dict[str, Any], tmp_path: Path) -> None:
     assert report["evaluation"]["manifest_version"] == "v000002"
     # min_delta -1 makes any challenger win: the event must carry the new version.
     assert report["outcome"] == "promoted" and report["promotion"]["version"] == "2"
-    (event,) = third.summary["champion_events"]
+    (event,) = third.champion_events
     assert event["version"] == "2" and event["manifest_version"] == "v000002"
     assert registry.get_model_version_by_alias(name, "champion").version == "2"
     assert registry.get_model_version_by_alias(name, "previous").version == "1"
 
 
-def test_bad_params_are_rejected_before_any_task(airflow: dict[str, Any], tmp_path: Path) -> None:
-    cfg, s3 = _bucket(airflow)
-    _upload(cfg, s3, tmp_path / "imgs", per_class=2, skip=0)
-    run = _night(airflow, cfg, {**TINY, "epochs": 0})
-    assert run.returncode == 2
-    assert run.summary["state"] == "rejected"
-    assert "param epochs" in run.summary["error"]
-    assert "[DAG TEST] starting task_id" not in run.output
-    assert s3.list_objects_v2(Bucket=cfg.bucket, Prefix=cfg.curated_prefix).get("KeyCount") == 0
-
-
-def test_missing_bucket_fails_ingest_clearly(airflow: dict[str, Any]) -> None:
-    cfg, s3 = _bucket(airflow)
-    missing = config.override(cfg, bucket=f"missing-{uuid.uuid4().hex[:8]}")
-    run = _night(airflow, missing, TINY)
-    assert run.returncode == 1
-    assert run.summary["state"] == "failed"
-    tasks = run.summary["tasks"]
-    assert tasks["ingest"] == "failed"
-    assert tasks["train"] == tasks["report"] == "upstream_failed"
-    assert f"bucket {missing.bucket!r} does not exist" in run.output
-    # A permanent error is not retried (AirflowFailException), and nothing was created.
-    assert run.output.count("[DAG TEST] starting task_id=ingest") == 1
-    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    assert missing.bucket not in names
+def test_bad_params_are_rejected_before_any_run(airflow: dict[str, Any]) -> None:
+    api: AirflowApi = airflow["stack"].api
+    runs_before = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["total_entries"]
+    run, progress = _night(airflow, {**TINY, "epochs": 0})
+    assert run.state == "rejected" and run.run_id is None and progress == []
+    assert run.error is not None and "epochs" in run.error
+    assert api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["total_entries"] == runs_before
