@@ -6,9 +6,6 @@ tests/integration/test_notifications.py).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import uuid
 from datetime import timedelta
 from typing import Any
 from unittest import mock
@@ -16,6 +13,7 @@ from unittest import mock
 import pytest
 
 from tests.support import DAGS
+from tests.support.dags import load_dag_file
 from weather_tasks.config import ConfigError
 
 ALERT_ENV = ("WEATHER_ALERT_EMAIL", "WEATHER_ALERT_SMTP_CONN", "WEATHER_ALERT_WEBHOOK_CONN",
@@ -30,13 +28,7 @@ def _dag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.syspath_prepend(str(DAGS))
-    monkeypatch.delitem(sys.modules, "weather_settings", raising=False)  # re-read the env
-    spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}",
-                                                  DAGS / "weather_retrain.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_dag_file(DAGS / "weather_retrain.py", monkeypatch)
     return module.weather_retrain_dag
 
 

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
 from tests.support import DAGS, REPO
+from tests.support.dags import load_dag_file
 from weather_tasks import config
 from weather_tasks.config import ConfigError
 
@@ -31,18 +29,6 @@ EXPECTED_UPSTREAM = {
 IO_TASKS = ("ingest", "evaluate", "promote")
 
 
-def _load(path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
-    """Import a DAG file as a fresh module under ``env`` (parse-time settings), with its folder
-    on sys.path as Airflow's dag-processor and task runner put it."""
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.syspath_prepend(str(path.parent))
-    monkeypatch.delitem(sys.modules, "weather_settings", raising=False)  # re-read the env
-    spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +47,7 @@ def test_parsing_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with mock.patch.object(BaseHook, "get_connection") as get_connection:
         for path in sorted(DAGS.glob("*.py")):
-            _load(path, monkeypatch)
+            load_dag_file(path, monkeypatch)
     get_connection.assert_not_called()
 
 
@@ -100,7 +86,7 @@ def test_dag_settings(dag: Any) -> None:
     [("30 3 * * 1-5", "30 3 * * 1-5"), ("none", None), ("manual", None), ("", "0 2 * * *")],
 )
 def test_schedule_comes_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, expected: Any) -> None:
-    module = _load(DAGS / "weather_retrain.py", monkeypatch, WEATHER_SCHEDULE=raw)
+    module = load_dag_file(DAGS / "weather_retrain.py", monkeypatch, WEATHER_SCHEDULE=raw)
     dag = module.weather_retrain_dag
     if expected is None:
         assert dag.schedule is None
@@ -140,7 +126,7 @@ def test_failure_callback_reaches_mlflow_for_its_airflow_run(
     from weather_tasks.tracking import TrackingError
 
     uri = f"http://127.0.0.1:{free_port()}"
-    module = _load(
+    module = load_dag_file(
         DAGS / "weather_retrain.py",
         monkeypatch,
         WEATHER_MLFLOW_TRACKING_URI=uri,
@@ -248,7 +234,7 @@ def test_model_param_lists_the_configs_models(dag: Any) -> None:
 
 
 def test_run_config_applies_params_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _load(
+    module = load_dag_file(
         DAGS / "weather_retrain.py", monkeypatch, WEATHER_EPOCHS="7", WEATHER_MODEL="model_2"
     )
     cfg = module.run_config({"epochs": 3, "model": None, "force_retrain": True})
@@ -261,7 +247,7 @@ def test_run_config_applies_params_over_env(monkeypatch: pytest.MonkeyPatch) -> 
 def test_cross_field_rule_fails_the_first_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """model_2 at 64 px passes every param's own check; the run's config refuses it at once
     (ingest fails fast) instead of inside train after an MLflow run is open."""
-    module = _load(DAGS / "weather_retrain.py", monkeypatch)
+    module = load_dag_file(DAGS / "weather_retrain.py", monkeypatch)
     with pytest.raises(ConfigError, match="WEATHER_IMAGE_SIZE.*model_2.*96"):
         module.run_config({"model": "model_2", "image_size": 64})
 
@@ -278,7 +264,7 @@ def test_force_retrain_from_env_or_param(
 
 
 def test_run_config_points_the_task_process_at_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _load(DAGS / "weather_retrain.py", monkeypatch,
+    module = load_dag_file(DAGS / "weather_retrain.py", monkeypatch,
                    WEATHER_MLFLOW_TRACKING_URI="http://mlflow.example:5000")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     module.run_config({})
@@ -294,7 +280,7 @@ def test_promote_emits_the_champion_through_an_alias(dag: Any, dagbag: Any) -> N
     (alias,) = dag.get_task("promote").outlets
     assert isinstance(alias, AssetAlias)
     consumer = dagbag.dags["weather_champion_consumer"]
-    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    module = load_dag_file(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
     assert module.CHAMPION_UPDATES == alias
     assert module.CHAMPION.name == "weather-classifier-champion"
     scheduled_on = consumer.timetable.asset_condition.objects
@@ -304,12 +290,12 @@ def test_promote_emits_the_champion_through_an_alias(dag: Any, dagbag: Any) -> N
 def test_empty_registered_model_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """compose passes unset settings as "": the Asset name must not become "-champion"."""
     for path in (DAGS / "weather_retrain.py", DAGS / "weather_champion_consumer.py"):
-        module = _load(path, monkeypatch, WEATHER_REGISTERED_MODEL="")
+        module = load_dag_file(path, monkeypatch, WEATHER_REGISTERED_MODEL="")
         assert module.CHAMPION.name == "weather-classifier-champion"
 
 
 def test_champion_event_metadata() -> None:
-    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    module = load_dag_file(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
     extra = module._champion_event(
         {"promoted": True, "status": "promoted", "version": "4", "registered_model": "wc",
          "accuracy": 0.91, "manifest_version": "v000003", "run_id": "abc"}
@@ -346,7 +332,7 @@ def test_weather_tasks_never_imports_airflow() -> None:
 
 
 def _raised_through_the_task_guard(exc: BaseException) -> BaseException:
-    module = _load(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
+    module = load_dag_file(DAGS / "weather_retrain.py", pytest.MonkeyPatch())
     with pytest.raises(BaseException) as caught, module._fail_fast_on_permanent_errors():
         raise exc
     return caught.value

@@ -10,7 +10,6 @@ Connections come from ``AIRFLOW_CONN_*`` variables, as in the compose file.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support import DAGS
+from tests.support.dags import load_dag_file
 from tests.support.sinks import HttpReceiver, SmtpSink
 
 if "airflow" not in sys.modules:  # never ~/airflow: a throwaway home, as tests/dags does
@@ -64,13 +64,7 @@ def dag(smtp_sink: SmtpSink, receiver: HttpReceiver, monkeypatch: pytest.MonkeyP
            "AIRFLOW__API__BASE_URL": BASE_URL + "/"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.syspath_prepend(str(DAGS))
-    monkeypatch.delitem(sys.modules, "weather_settings", raising=False)  # re-read the env
-    spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}",
-                                                  DAGS / "weather_retrain.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_dag_file(DAGS / "weather_retrain.py", monkeypatch)
     return module.weather_retrain_dag
 
 

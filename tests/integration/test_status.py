@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from devtools import local_services
 from tests.support import DAGS, REPO
+from tests.support.dags import load_dag_file
 from weather_tasks import cli, config, status, tracking
 from weather_tasks.config import PipelineConfig
 
@@ -216,12 +216,7 @@ def test_the_report_task_records_the_night_for_weather_status(
                                     ("password", "AWS_SECRET_ACCESS_KEY"))},
             "extra": {"endpoint_url": status_cfg.s3_endpoint_url, "region_name": "us-east-1"}}
     monkeypatch.setenv("AIRFLOW_CONN_WEATHER_S3", json.dumps(conn))
-    monkeypatch.syspath_prepend(str(DAGS))
-    spec = importlib.util.spec_from_file_location(f"dag_{uuid.uuid4().hex}",
-                                                  DAGS / "weather_retrain.py")
-    assert spec and spec.loader
-    dag_file = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dag_file)
+    dag_file = load_dag_file(DAGS / "weather_retrain.py", monkeypatch)
     report_task = dag_file.weather_retrain_dag.get_task("report")
 
     # A night that failed first: the DAG's failure callback records it, --check says so.
