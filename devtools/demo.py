@@ -48,7 +48,7 @@ from typing import Any
 from devtools import local_services
 from devtools import night as dag_night
 from devtools.airflow_api import ApiError
-from weather_tasks import config, storage
+from weather_tasks import config
 from weather_tasks.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,6 +319,8 @@ def _demo_services(
         s3_server = local_services.start_s3_server(logs)
         services.append(s3_server)
         cfg = config.override(cfg, s3_endpoint_url=s3_server.url)
+        from weather_tasks import storage  # boto3: not on every `weather` command's start
+
         s3 = storage.make_client(cfg)
         restored = restore_buckets(s3, state_dir / "s3")
         for bucket in (cfg.bucket, MLFLOW_BUCKET):

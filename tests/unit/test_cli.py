@@ -224,3 +224,24 @@ def test_predict_without_a_usable_file_imports_no_mlflow_or_tensorflow(
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "[]"
     assert proc.stderr == ""
+
+
+def test_version_imports_neither_storage_nor_tracking_libraries() -> None:
+    """`weather --version` (and the parser every command builds, with its entry-point
+    subcommands such as the demo) stays quick: no boto3, MLflow or TensorFlow import."""
+    code = (
+        "import sys\n"
+        "from weather_tasks import cli\n"
+        "try:\n"
+        "    cli.main(['--version'])\n"
+        "except SystemExit as exit:\n"
+        "    rc = exit.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'boto3', 'botocore', 'mlflow', 'tensorflow', 'keras'}))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0].startswith("weather ")
+    assert proc.stdout.splitlines()[-1] == "[]"
