@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from devtools.corpus import image_bytes
 from devtools.local_services import free_port
 from devtools.netproxy import FlakyProxy
 from weather_tasks import config, ingest, storage
@@ -201,7 +202,7 @@ def test_empty_bucket_variable_is_a_configuration_error(cfg) -> None:
 def test_unreachable_mlflow_fails_in_seconds_naming_the_uri(tmp_path: Path) -> None:
     uri = _closed_url()
     image = tmp_path / "rain1.jpg"
-    image.write_bytes(b"not read: the champion cannot be found")
+    image.write_bytes(image_bytes("JPEG"))  # a valid photo: predict goes on to ask MLflow
     out, seconds = _weather("predict", str(image), WEATHER_MLFLOW_TRACKING_URI=uri)
     assert out.returncode == 1
     line = _one_line(out.stderr)
