@@ -58,7 +58,6 @@ from weather_tasks import split as sp
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.label import label_for_key
 from weather_tasks.manifest import ImageRecord, Manifest, ManifestError, ObjectRecord
-from weather_tasks.storage import put_json
 from weather_tasks.validate import Rejected, ValidImage, validate_image
 
 if TYPE_CHECKING:
@@ -511,26 +510,11 @@ def _write_quarantine(
     """One JSON record per quarantined key, named by the hash of the key (never the key).
     ``sizes``: the listed sizes (an earlier key may no longer be listed: size null)."""
 
-    def put(o: _Quarantined) -> None:
-        put_json(
-            s3,
-            cfg.bucket,
-            mf.quarantine_key(cfg, version, o.key),
-            {
-                "source_bucket": cfg.bucket,
-                "source_key": o.key,
-                "etag": o.etag,
-                "size": sizes.get(o.key),
-                "reason": o.reason,
-                "detail": o.detail,
-                "label": o.label,
-                "sha256": o.sha256,
-                "manifest_version": version,
-            },
-        )
-
-    with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
-        list(pool.map(put, rejected))
+    mf.write_quarantine_records(s3, cfg, version, [
+        {"source_key": o.key, "etag": o.etag, "size": sizes.get(o.key), "reason": o.reason,
+         "detail": o.detail, "label": o.label, "sha256": o.sha256}
+        for o in rejected
+    ])
 
 
 def _delete_orphans(

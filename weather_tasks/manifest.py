@@ -326,6 +326,22 @@ def quarantine_key(cfg: PipelineConfig, version: str, source_key: str) -> str:
     return f"{cfg.quarantine_prefix}{version}/{name}.json"
 
 
+def write_quarantine_records(
+    s3: S3Client, cfg: PipelineConfig, version: str, records: Iterable[dict[str, Any]]
+) -> None:
+    """One JSON object per quarantined key under :func:`quarantine_key`, in parallel. Each
+    record has ``source_key``, ``etag``, ``size``, ``reason``, ``detail``, ``label`` and
+    ``sha256``; the bucket and ``version`` are added here (the one record format)."""
+    from weather_tasks.storage import put_json
+
+    def put(record: dict[str, Any]) -> None:
+        put_json(s3, cfg.bucket, quarantine_key(cfg, version, record["source_key"]),
+                 {"source_bucket": cfg.bucket, **record, "manifest_version": version})
+
+    with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
+        list(pool.map(put, records))
+
+
 def fetch_images(
     s3: S3Client, cfg: PipelineConfig, records: Iterable[ImageRecord]
 ) -> list[tuple[Path, str]]:

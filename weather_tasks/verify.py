@@ -44,7 +44,6 @@ from botocore.exceptions import ClientError
 from weather_tasks import manifest as mf
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.manifest import ImageRecord, Manifest, ManifestError, ObjectRecord
-from weather_tasks.storage import put_json
 from weather_tasks.validate import Rejected, validate_image
 
 if TYPE_CHECKING:
@@ -270,14 +269,13 @@ def _drop_lost(cfg: PipelineConfig, s3: S3Client, newest: Manifest, lost: list[I
     then their quarantine records (after the manifest: a failed write leaves no stray record)."""
     version = mf.next_version(newest.version)
     objects = dict(newest.objects)
-    records: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []
     for issue in lost:
         for key in issue.source_keys:
             seen = objects.get(key)
             etag = seen.etag if seen else ""
             objects[key] = ObjectRecord(etag, "quarantined", issue.sha256, LOST)
-            records[mf.quarantine_key(cfg, version, key)] = {
-                "source_bucket": cfg.bucket,
+            records.append({
                 "source_key": key,
                 "etag": etag,
                 "size": None,
@@ -286,8 +284,7 @@ def _drop_lost(cfg: PipelineConfig, s3: S3Client, newest: Manifest, lost: list[I
                 f"restored: {issue.detail}",
                 "label": issue.label,
                 "sha256": issue.sha256,
-                "manifest_version": version,
-            }
+            })
     dropped = {i.sha256 for i in lost}
     mf.write_manifest(
         s3,
@@ -301,8 +298,7 @@ def _drop_lost(cfg: PipelineConfig, s3: S3Client, newest: Manifest, lost: list[I
             objects=objects,
         ),
     )
-    with ThreadPoolExecutor(max_workers=cfg.parallelism) as pool:
-        list(pool.map(lambda kv: put_json(s3, cfg.bucket, *kv), records.items()))
+    mf.write_quarantine_records(s3, cfg, version, records)
     return version
 
 
