@@ -232,6 +232,19 @@ class PipelineConfig:
         "-margin, instead of the min_delta rule (0: off)", minimum=0, maximum=1, per_run=True,
         commands=("evaluate",),
     )
+    # Screening of each night's new photos (weather_tasks/screen.py).
+    drift_hold_p_value: float = _setting(
+        0.0, "hold the promotion for review when the drift test of the night's new photos "
+        "against the training photos (MMD on the champion's embeddings, permutation p-value) "
+        "gives p below this (0: never hold; the drift is reported every night)", minimum=0,
+        maximum=1,
+    )
+    suspect_labels: str = _setting(
+        "train", "new train/val photos whose file-name label the champion confidently "
+        "contradicts: train (train on them, listed in the report) or review (held out of "
+        "training until `weather review accept|reject`); test photos are never held",
+        choices=("train", "review"),
+    )
     # Orchestration.
     schedule: str = _setting(
         "0 2 * * *", "the DAG's cron schedule, read when the DAG file is parsed "

@@ -89,3 +89,38 @@ def confusion_matrix_figure(cm: np.ndarray, classes: Sequence[str], split: str) 
         ax.text(j, i, str(v), ha="center", va="center",
                 color="white" if v > threshold else "black")
     return fig
+
+
+def reliability_figure(
+    curves: dict[str, Sequence[dict[str, Any]]], *, title: str = "reliability"
+) -> Any:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per
+    curve (e.g. ``{"uncalibrated (ECE 0.081)": bins, "T=1.7 (ECE 0.023)": bins}``, the bins
+    of :func:`weather_tasks.calibration.reliability_bins`), the diagonal for perfect
+    calibration, and the images per bin as bars on a second axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect")
+    counts_ax = ax.twinx()
+    for k, (name, bins) in enumerate(curves.items()):
+        filled = [b for b in bins if b["count"]]
+        ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o-",
+                label=name, markersize=4)
+        if k == 0:
+            centres = [(b["low"] + b["high"]) / 2 for b in bins]
+            widths = [b["high"] - b["low"] for b in bins]
+            counts_ax.bar(centres, [b["count"] for b in bins], width=widths, color="0.85",
+                          zorder=0)
+    counts_ax.set_ylabel("images per bin")
+    ax.set_zorder(counts_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig

@@ -55,6 +55,17 @@ CONFUSION_MATRIX_VAL_PLOT = "plots/confusion_matrix_val.png"
 TEST_REPORT_ARTIFACT = "evaluation/test_class_report.json"
 CONFUSION_MATRIX_TEST_PLOT = "plots/confusion_matrix_test.png"
 
+# Calibration (train writes after fitting the temperature on the val split; the card reads):
+# the temperature, val ECE before/after and both reliability curves; the diagram; metrics.
+CALIBRATION_ARTIFACT = "reports/calibration.json"
+RELIABILITY_VAL_PLOT = "plots/reliability_val.png"
+TEMPERATURE_METRIC = "temperature"
+VAL_ECE_METRIC = "val_ece"  # of the served (calibrated) model
+VAL_ECE_UNCALIBRATED_METRIC = "val_ece_uncalibrated"
+# Model card (registry writes at promote, when the decision exists; the page links it).
+CARD_HTML_ARTIFACT = "card/model_card.html"
+CARD_MARKDOWN_ARTIFACT = "card/model_card.md"
+
 # --- tags on a training run (train writes; evaluate and train's idempotency check read) ------
 MANIFEST_VERSION_TAG = "manifest_version"
 AIRFLOW_RUN_ID_TAG = "airflow_run_id"
@@ -84,12 +95,27 @@ CHAMPION_TEST_ACCURACY_CI_METRIC = "champion_test_accuracy_ci"
 ACCURACY_DIFFERENCE_METRIC = "accuracy_difference"  # challenger - champion, same images
 ACCURACY_DIFFERENCE_CI_METRIC = "accuracy_difference_ci"
 
+# Per-image test predictions of both models (evaluate writes; the card's weaknesses read),
+# the challenger's test calibration error (the served, calibrated model).
+TEST_PREDICTIONS_ARTIFACT = "evaluation/test_predictions.json"
+TEST_ECE_METRIC = "test_ece"
+
+# --- screening of each night's new photos (drift, suspect labels): its own MLflow runs -------
+# In the experiment "<experiment_name><SCREENING_EXPERIMENT_SUFFIX>", one run per manifest
+# version screened, so training's run searches never see them.
+SCREENING_EXPERIMENT_SUFFIX = "-screening"
+SCREENING_ARTIFACT = "screening/screening.json"
+SUSPECT_LABELS_ARTIFACT = "screening/suspect_labels.json"
+DRIFT_PLOT = "plots/drift.png"
+DRIFT_MMD_P_METRIC = "drift_mmd_p"
+
 # --- tags on a registered model version (registry writes, the plugin's page reads) -----------
 VERSION_ACCURACY_TAG = "accuracy"
 VERSION_MANIFEST_VERSION_TAG = "manifest_version"
 VERSION_RUN_ID_TAG = "run_id"
 VERSION_AIRFLOW_RUN_ID_TAG = "airflow_run_id"
 VERSION_PROMOTED_AT_TAG = "promoted_at"
+VERSION_CARD_TAG = "model_card"  # the card's runs:/ artifact URI
 
 # What MLflow answers for "no such model / alias" (the REST store, SQL store and file store
 # spell it differently).
