@@ -1,8 +1,12 @@
-"""The nightly retraining DAG: ingest -> anything new? -> train -> evaluate -> promote -> report.
+"""The nightly retraining DAG: ingest -> anything new? -> screen -> train -> evaluate -> promote
+-> report.
 
 Thin by design: each task body is one call into ``weather_tasks`` (imported inside the task,
 so parsing this file never imports TensorFlow or MLflow), XCom carries only manifest versions,
 run ids and small report dicts. What a night did is in the ``report`` task's return value.
+``screen`` compares the night's new photos with the training photos (drift, suspect labels;
+``weather_tasks.screen``): train uses the manifest version it returns (photos held for review
+are left out), and promote is held when it found drift (``drift_hold_p_value``).
 
 Parse-time settings (schedule, registered model, the champion Asset) come from
 ``weather_settings.py``. Everything else comes from ``PipelineConfig`` (``WEATHER_*``) at run
@@ -170,20 +174,38 @@ def weather_retrain() -> None:
         changed = ingested["accepted"] > 0 or ingested["requarantined"] > 0
         return changed or run_config(params).force_retrain
 
-    @task(queue="gpu", retries=1, retry_delay=timedelta(minutes=5),
-          execution_timeout=timedelta(hours=8), on_failure_callback=_end_abandoned_training)
-    def train(
+    @task(**IO_RETRIES, execution_timeout=timedelta(hours=1))
+    def screen(
         ingested: dict[str, Any],
         params: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> dict[str, Any]:
-        """Train on the night's manifest version; one MLflow run."""
+        """The night's new photos vs the training photos (drift, suspect labels); one MLflow
+        run. Its ``manifest_version`` is what train uses, its ``hold_reason`` what promote
+        holds on. TensorFlow (the champion's embeddings) is imported inside, as in train."""
+        from weather_tasks import screen
+
+        with _fail_fast_on_permanent_errors():
+            cfg, s3 = _night(params)
+            return screen.screen_night(
+                cfg, s3, ingested["manifest_version"], airflow_run_id=run_id
+            ).as_dict()
+
+    @task(queue="gpu", retries=1, retry_delay=timedelta(minutes=5),
+          execution_timeout=timedelta(hours=8), on_failure_callback=_end_abandoned_training)
+    def train(
+        screened: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Train on the screened manifest version (photos held for review left out); one
+        MLflow run."""
         from weather_tasks import train
 
         with _fail_fast_on_permanent_errors():
             cfg, s3 = _night(params)
             return train.train_model(
-                cfg, ingested["manifest_version"], s3=s3, airflow_run_id=run_id
+                cfg, screened["manifest_version"], s3=s3, airflow_run_id=run_id
             ).as_dict()
 
     @task(**IO_RETRIES, execution_timeout=timedelta(hours=1))
@@ -200,18 +222,21 @@ def weather_retrain() -> None:
     @task(**IO_RETRIES, outlets=[CHAMPION_UPDATES])
     def promote(
         evaluation: dict[str, Any],
+        screened: dict[str, Any],
         params: dict[str, Any] | None = None,
         run_id: str | None = None,
         outlet_events: Any = None,
     ) -> dict[str, Any]:
-        """Register the challenger and move ``@champion`` if it won; emit the champion Asset."""
+        """Register the challenger and move ``@champion`` if it won and the screening found no
+        drift to hold on (a held promotion is not a failure); emit the champion Asset."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from weather_tasks import registry
 
         with _fail_fast_on_permanent_errors():
             cfg, s3 = _night(params)  # S3 for the promotion lease, from the weather_s3 connection
-            result = registry.promote_if_better(cfg, evaluation, airflow_run_id=run_id, s3=s3)
+            result = registry.promote_if_better(cfg, evaluation, airflow_run_id=run_id, s3=s3,
+                                                hold_reason=screened.get("hold_reason"))
         if result.failed:  # the champion moved since evaluation: re-evaluating is the fix
             raise AirflowFailException(f"promotion refused: {result.reason}")
         promoted = result.as_dict()
@@ -237,6 +262,7 @@ def weather_retrain() -> None:
                 logical_date=dag_run.logical_date,
                 started_at=dag_run.start_date,
                 ingested=pulled("ingest"),
+                screened=pulled("screen"),
                 trained=pulled("train"),
                 evaluation=pulled("evaluate"),
                 promoted=pulled("promote"),
@@ -244,10 +270,11 @@ def weather_retrain() -> None:
             ))
 
     ingested = ingest()
-    trained = train(ingested)
+    screened = screen(ingested)
+    trained = train(screened)
     evaluation = evaluate(trained)
-    promoted = promote(evaluation)
-    anything_new(ingested) >> trained
+    promoted = promote(evaluation, screened)
+    anything_new(ingested) >> screened
     promoted >> report()
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 ECE_BINS = 15
+# Fewer val images than this give a temperature too noisy to apply (fit_temperature keeps 1).
+MIN_FIT_IMAGES = 20
 # Temperatures outside this range mean the fit failed (or the data is degenerate).
 _T_BOUNDS = (0.05, 20.0)
 _EPS = 1e-12
@@ -42,15 +44,23 @@ def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
 
 def fit_temperature(probs: Any, labels: Sequence[int]) -> float:
     """The temperature minimizing the mean negative log-likelihood of ``labels`` (class
-    indices) under ``apply_temperature(probs, T)``. Rows with NaN are ignored; with no usable
-    row, or a single class present, the answer is 1.0 (no change)."""
+    indices) under ``apply_temperature(probs, T)``. Rows with NaN are ignored.
+
+    The answer is 1.0 (no change) where a fit would mislead: fewer than
+    :data:`MIN_FIT_IMAGES` usable rows or a single class present; no misclassified row (the
+    likelihood then keeps growing as ``T`` shrinks, so the fit would sharpen every answer
+    towards certainty from a handful of easy images); or an optimum on a bound of the search
+    range (no interior minimum: the data cannot place ``T``).
+    """
     from scipy.optimize import minimize_scalar
 
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
+    if p.size == 0:  # also ``[]``, which has no class axis to check rows along
+        return 1.0
     ok = np.isfinite(p).all(axis=1)
     p, y = p[ok], y[ok]
-    if len(y) == 0 or len(np.unique(y)) < 2:
+    if len(y) < MIN_FIT_IMAGES or len(np.unique(y)) < 2 or (p.argmax(axis=1) == y).all():
         return 1.0
     logp = np.log(np.clip(p, _EPS, 1.0))
 
@@ -62,7 +72,10 @@ def fit_temperature(probs: Any, labels: Sequence[int]) -> float:
 
     lo, hi = np.log(_T_BOUNDS[0]), np.log(_T_BOUNDS[1])
     res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(res.x))
+    t = float(np.exp(res.x))
+    if not _T_BOUNDS[0] * 1.01 < t < _T_BOUNDS[1] / 1.01:
+        return 1.0
+    return t
 
 
 def reliability_bins(

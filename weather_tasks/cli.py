@@ -6,9 +6,13 @@ calls one library function and prints its report (JSON with ``--json``). Its ``-
 the variables it reads with their defaults, generated from the same declarations
 (:data:`READS` names which).
 
-Quiet by default: library loggers (botocore, urllib3, MLflow) speak only of errors and
-TensorFlow's C++ log only of warnings; ``-v`` shows their INFO lines and this package's DEBUG
-lines, ``-vv`` all.
+Quiet by default: library loggers (botocore, urllib3, MLflow) speak only of errors,
+TensorFlow's C++ log only of warnings, MLflow draws no download progress bar, and the notices
+TensorFlow's native code writes to the process's stderr when it loads (absl's "before
+InitializeLog" line, "oneDNN custom operations are on", the CPU-feature note: on some CPUs,
+before any setting can silence them) are filtered out of fd 2 while the command runs
+(:func:`_native_notices_filtered`; everything else passes through). ``-v`` shows their INFO
+lines and this package's DEBUG lines, ``-vv`` all.
 
 Other packages add subcommands through the entry-point group ``weather.commands``: each entry
 is a ``register(subparsers)`` callable (the development package adds ``weather demo`` so).
@@ -17,13 +21,16 @@ is a ``register(subparsers)`` callable (the development package adds ``weather d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
@@ -40,6 +47,14 @@ INTERACTIVE_DEFAULTS: dict[str, Any] = {"mlflow_http_retries": 1, "mlflow_http_t
 # Python warnings go to logger "py.warnings" (MLflow warns about type hints at every load).
 CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "mlflow", "alembic", "absl",
                   "py.warnings")
+# TensorFlow's native start-up notices, written to fd 2 whatever TF_CPP_MIN_LOG_LEVEL says:
+# absl INFO/WARNING lines ("I0000 00:00:1795932283.72 26814 port.cc:153] ..." before absl is
+# initialized), absl's own warning about that, and the CPU note's second line.
+_NATIVE_NOTICE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    rb"|To enable the following instructions: )"
+)
 # What `weather --version` names besides this package (metadata only: nothing is imported).
 _COMPONENTS = (("mlflow", ("mlflow",)), ("tensorflow", ("tensorflow", "tensorflow-cpu")),
                ("keras", ("keras",)))
@@ -66,8 +81,12 @@ READS: dict[str, tuple[str, ...]] = {
                  "accuracy_floor", "max_class_recall_drop"),
     "promote": (*_MLFLOW, "registered_model", *_S3, *_LEASE),
     "rollback": (*_MLFLOW, "registered_model", *_S3, *_LEASE),
+    "card": (*_MLFLOW, "registered_model", *_S3, "curated_prefix", "classes"),
     "predict": (*_MLFLOW, "registered_model", *_IMAGE_CHECKS),
     "status": (*_S3, "nights_prefix", *_MLFLOW, "registered_model", "status_max_age_hours"),
+    "screen": (*_S3, *_DATASET, "work_dir", "parallelism", *_MLFLOW, "experiment_name",
+               "registered_model", "drift_hold_p_value", "suspect_labels"),
+    "review": (*_S3, "curated_prefix", "quarantine_prefix", "parallelism"),
 }
 
 
@@ -129,6 +148,15 @@ def cmd_rollback(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     return registry.rollback(cfg, args.to)
 
 
+def cmd_card(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import card
+
+    if args.version is not None and args.run is not None:
+        raise card.CardError("give a VERSION or --run RUN_ID, not both")
+    built = card.build_card(cfg, args.version, run_id=args.run)
+    return card.save_card(built, args.out)
+
+
 def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     from weather_tasks import serving
 
@@ -136,11 +164,42 @@ def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     return serving.predict_files(model_uri, args.images, cfg)
 
 
+def cmd_screen(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import manifest, storage
+
+    # Read the manifest before importing TensorFlow (as train): a missing one is told at once.
+    s3 = storage.make_client(cfg)
+    version = manifest.read_manifest(s3, cfg, args.manifest_version).version
+    from weather_tasks import screen
+
+    return screen.screen_night(cfg, s3, version)
+
+
 def cmd_status(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
     from weather_tasks import status, storage
 
     s3 = storage.make_client(cfg)
     return status.check_night(cfg, s3) if args.check else status.status(cfg, s3)
+
+
+def cmd_review(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import manifest, review, storage
+
+    s3 = storage.make_client(cfg)
+    if args.decision is None:
+        if args.sha256s:
+            raise review.ReviewError("give accept or reject before the sha256s")
+        return review.review_report(manifest.read_manifest(s3, cfg))
+    if args.decision == "accept":
+        if args.reason is not None:
+            raise review.ReviewError("--reason is for reject only")
+        after = review.accept(s3, cfg, args.sha256s)
+    else:
+        after = review.reject(s3, cfg, args.sha256s, args.reason or review.DEFAULT_REASON)
+    assert after.parent is not None  # a decision writes a child version
+    before = manifest.read_manifest(s3, cfg, after.parent)
+    return review.review_report(after, f"{args.decision}ed",
+                                before.review.keys() - after.review.keys())
 
 
 def version_text() -> str:
@@ -260,6 +319,19 @@ def _parser() -> argparse.ArgumentParser:
              "@previous, so a second rollback undoes the first.",
              ["weather rollback", "weather rollback --to 3"])
     sp.add_argument("--to", default=None, help="model version (default: the previous one)")
+    sp = add("card", cmd_card, "write the model card of a version (default: the champion)",
+             "Build the model card of a registered version (default: @champion) or of a run "
+             "(--run): intended use, data, recipe, test metrics with intervals, calibration, "
+             "comparison with the champion it replaced, the decision and known weaknesses; "
+             "write model_card.html (self-contained) and model_card.md into --out.",
+             ["weather card", "weather card 3 --out cards/",
+              "weather card --run 3f2a9c0d51e84b7c"])
+    sp.add_argument("version", nargs="?", default=None, help="model version (default: "
+                    "the @champion)")
+    sp.add_argument("--run", default=None, metavar="RUN_ID",
+                    help="the card of this MLflow run instead (registered or not)")
+    sp.add_argument("--out", default=".", metavar="DIR",
+                    help="folder to write model_card.html and model_card.md (default: .)")
     sp = add("predict", cmd_predict, "classify images with the champion (or --model-uri)",
              "Classify image files. Every file is checked first, as ingest checks an object "
              "(one line per unusable file: path, reason code, detail); the model is loaded only "
@@ -282,6 +354,31 @@ def _parser() -> argparse.ArgumentParser:
              ["weather status", "weather status --check || alert 'weather night missing'"])
     sp.add_argument("--check", action="store_true",
                     help="only check the newest night: exit 1 when it is too old or failed")
+    sp = add("screen", cmd_screen, "screen a manifest version's new photos (drift, labels)",
+             "Compare the photos new in a manifest version (default: the latest) with the "
+             "training photos of earlier versions: image statistics (KS tests), the champion's "
+             "embeddings (MMD permutation test), its class mix and confidence, and suspect "
+             "labels (cleanlab). Logs one MLflow run in <experiment>-screening. With "
+             "WEATHER_SUSPECT_LABELS=review, train/val suspects are held for review (a new "
+             "manifest version).",
+             ["weather screen", "weather screen v000007 --json"])
+    sp.add_argument("manifest_version", nargs="?", default=None, metavar="MANIFEST_VERSION",
+                    help="default: the latest")
+    sp = add("review", cmd_review, "list, accept or reject photos held for review",
+             "Without a decision, list the photos of the latest manifest held out of training "
+             "because the champion confidently contradicts their file-name label (sha256, "
+             "label, predicted class, confidence, split, version that flagged them, source "
+             "keys). accept: they are trained on from the next night. reject: they leave the "
+             "dataset and the same bytes are quarantined (rejected_in_review) under any key. "
+             "Each decision writes one new manifest version; test photos are never held.",
+             ["weather review", "weather review accept 3f2a9c0d51e8",
+              "weather review reject 3f2a9c0d51e8 77ab01c2 --reason 'a snowy road, not rain'"])
+    sp.add_argument("decision", nargs="?", choices=("accept", "reject"),
+                    help="default: list the photos held for review")
+    sp.add_argument("sha256s", nargs="*", metavar="SHA256",
+                    help="a held photo's sha256 or a prefix of 8 or more hex digits")
+    sp.add_argument("--reason", default=None,
+                    help="why they are rejected (reject only; default: rejected in review)")
     for entry in entry_points(group=COMMAND_GROUP):
         entry.load()(sub)
     return p
@@ -303,6 +400,42 @@ def configure_logging(verbosity: int) -> None:
         )
     if not verbosity:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow is imported
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextlib.contextmanager
+def _native_notices_filtered() -> Iterator[None]:
+    """Pass fd 2 through a pipe that drops TensorFlow's native start-up notices.
+
+    Python's logging cannot reach them (C++ writes to the file descriptor), so the descriptor
+    itself is swapped for a pipe; a thread copies every other line to the real stderr. On the
+    way out the descriptor is restored, which closes the pipe, and the thread drains it.
+    """
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    # Both ends opened here, not in the thread: the command may finish (and close ``saved``)
+    # before the thread first runs.
+    source, sink = os.fdopen(read_fd, "rb"), os.fdopen(os.dup(saved), "wb", 0)
+
+    def pump() -> None:
+        with source, sink:
+            for line in source:
+                if not _NATIVE_NOTICE.match(line):
+                    sink.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        thread.join(timeout=5)  # a child process still holding the pipe must not hang us
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,7 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        if not os.environ.get(config.env_name(k), "").strip()}
         cfg = config.from_env(**interactive, **{k: v for k, v in flags.items() if v is not None})
         tracking.configure_process(cfg)  # this process's MLflow tracking server, set once
-        result = _run(args, cfg)
+        # Not around the demo: the services it starts would inherit the pipe as their stderr.
+        filtered = not args.verbose and args.command != "demo"
+        quiet = _native_notices_filtered() if filtered else contextlib.nullcontext()
+        with quiet:
+            result = _run(args, cfg)
     except ConfigError as exc:
         _explain(args)
         print(f"weather: configuration error: {exc}", file=sys.stderr)

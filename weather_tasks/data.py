@@ -16,10 +16,17 @@ split becomes a ``tf.data`` pipeline that
 5. prefetches.
 
 Labels are one-hot in ``cfg.classes`` order (the model's output order).
+
+Images held for review (the manifest's ``review``, see :mod:`weather_tasks.review`) are left
+out of the train and val splits until a person accepts them; never out of the test split (they
+cannot be in it with three-way ratios; with two-way ratios, where val doubles as test, the test
+split keeps them: it is not filtered by the champion's opinion). :meth:`TrainingData.counts`
+and the log say how many were held.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +38,12 @@ import tensorflow as tf
 from weather_tasks import manifest as manifest_mod
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.image_spec import RESIZE_ANTIALIAS, RESIZE_METHOD
-from weather_tasks.manifest import Manifest
+from weather_tasks.manifest import ImageRecord, Manifest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
 
 # The seed's ImageDataGenerator settings (train only). ImageDataGenerator takes shear in
 # *degrees* (shear_range=0.2 means up to 0.2 degrees), rotation in degrees, shifts and zoom
@@ -75,9 +84,30 @@ class TrainingData:
     train: SplitData
     val: SplitData
     test: SplitData
+    held_for_review: int = 0  # train/val images of the manifest left out, pending review
 
     def counts(self) -> dict[str, int]:
-        return {"train": self.train.size, "val": self.val.size, "test": self.test.size}
+        return {
+            "train": self.train.size,
+            "val": self.val.size,
+            "test": self.test.size,
+            "held_for_review": self.held_for_review,
+        }
+
+
+def split_records(manifest: Manifest) -> tuple[dict[str, list[ImageRecord]], int]:
+    """The images each split trains or evaluates on, and how many train/val images were left
+    out because they are held for review (the test split is never filtered)."""
+    out: dict[str, list[ImageRecord]] = {}
+    held = 0
+    for name in ("train", "val", "test"):
+        records = manifest.split(name)
+        if name != "test":
+            kept = [r for r in records if r.sha256 not in manifest.review]
+            held += len(records) - len(kept)
+            records = kept
+        out[name] = records
+    return out, held
 
 
 def decode_and_resize(contents: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -242,13 +272,18 @@ def load_training_data(
                 f"manifest {manifest.version} has classes {missing} unknown to the config "
                 f"({list(cfg.classes)})"
             )
-    records = {name: manifest.split(name) for name in ("train", "val", "test")}
+    records, held = split_records(manifest)
     for name, recs in records.items():
         if not recs:
             raise DataError(
-                f"manifest {manifest.version} has no {name} images; "
-                f"counts per split: {manifest.counts()}"
+                f"manifest {manifest.version} has no {name} images"
+                + (f" not held for review ({held} held)" if held else "")
+                + f"; counts per split: {manifest.counts()}"
             )
+    log.info(
+        "manifest %s: %s train, %s val, %s test images; %d held for review (left out of "
+        "train and val)", manifest.version, *(len(records[n]) for n in records), held,
+    )
     splits: dict[str, SplitData] = {}
     for name, recs in records.items():
         pairs = manifest_mod.fetch_images(s3, cfg, recs)
@@ -258,4 +293,4 @@ def load_training_data(
             paths=tuple(str(p) for p, _ in pairs),
             labels=tuple(label for _, label in pairs),
         )
-    return TrainingData(manifest=manifest, **splits)
+    return TrainingData(manifest=manifest, **splits, held_for_review=held)

@@ -11,7 +11,10 @@ treated as absent (the rule says what that means).
 The decision, both models' metrics and the reasons go to the challenger's run (tags, metrics
 and ``evaluation/evaluation.json``), where ``registry.promote_if_better`` reads them back;
 so do the challenger's test report and test confusion-matrix plot (:func:`log_evaluation`),
-which the model page shows.
+which the model page shows. The challenger's test calibration (ECE and reliability bins of the
+served, calibrated model) goes into the test report and metric ``TEST_ECE_METRIC``; both models'
+prediction per test image into ``TEST_PREDICTIONS_ARTIFACT`` (the model card's weaknesses read
+it). Per-image lists stay out of :class:`EvalReport`: its ``as_dict()`` travels through XCom.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from weather_tasks import manifest, serving, tracking
+from weather_tasks import calibration, manifest, serving, tracking
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.metrics import Interval, Metrics, compute_metrics, paired_difference_interval
 from weather_tasks.policy import Decision, decide, mcnemar_exact_p
@@ -49,6 +52,8 @@ class EvalReport:
     decision: Decision
     # Challenger minus champion accuracy on the same test images, with its 95 % interval.
     difference: Interval | None = None
+    # The challenger's expected calibration error on the test split (None: no usable row).
+    test_ece: float | None = None
 
     @property
     def promote(self) -> bool:
@@ -67,6 +72,7 @@ class EvalReport:
             "champion_error": self.champion_error,
             "mcnemar_p": self.mcnemar_p,
             "accuracy_difference": self.difference.as_dict() if self.difference else None,
+            "test_ece": self.test_ece,
             "promote": self.decision.promote,
             "reasons": list(self.decision.reasons),
         }
@@ -87,6 +93,7 @@ class EvalReport:
             decision=Decision(bool(d["promote"]), list(d.get("reasons", []))),
             difference=(Interval(**d["accuracy_difference"])
                         if d.get("accuracy_difference") else None),
+            test_ece=d.get("test_ece"),
         )
 
     def summary(self) -> str:
@@ -99,7 +106,8 @@ class EvalReport:
         lines = [
             f"run {self.run_id} on manifest {self.manifest_version} ({self.n_test} test images)",
             f"challenger: accuracy {_accuracy(self.challenger)}, "
-            f"log loss {self.challenger.log_loss:.4f}",
+            f"log loss {self.challenger.log_loss:.4f}"
+            + (f", test ECE {self.test_ece:.4f}" if self.test_ece is not None else ""),
             champ,
         ]
         if self.difference is not None:
@@ -153,6 +161,7 @@ def evaluate_challenger(
     difference: Interval | None = None
     champ_version = tracking.alias_model_version(client, cfg.registered_model, tracking.CHAMPION)
     champ_run_id = None
+    champ_probs: Any = None
     if champ_version is not None:
         champ_run_id = champ_version.run_id
         try:
@@ -166,7 +175,7 @@ def evaluate_challenger(
             mcnemar_p = mcnemar_exact_p(chal_ok, champ_ok)
             difference = paired_difference_interval(chal_ok, champ_ok)
         except Exception as exc:  # noqa: BLE001 - any failure means "champion unusable"
-            champion, mcnemar_p, difference = None, None, None
+            champion, mcnemar_p, difference, champ_probs = None, None, None, None
             champion_error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning(
                 "CHAMPION %s v%s CANNOT BE EVALUATED, treating it as absent: %s",
@@ -175,6 +184,7 @@ def evaluate_challenger(
 
     decision = decide(challenger, champion, cfg, champion_error=champion_error,
                       difference=difference)
+    test_calibration = calibration_of(chal_probs, y_true, classes)
     report = EvalReport(
         run_id=run_id,
         model_uri=model_uri,
@@ -188,8 +198,11 @@ def evaluate_challenger(
         mcnemar_p=mcnemar_p,
         decision=decision,
         difference=difference,
+        test_ece=test_calibration["ece"],
     )
-    log_evaluation(client, report, classes)
+    predictions = per_image_predictions(records, chal_probs, champ_probs, classes)
+    log_evaluation(client, report, classes, test_calibration=test_calibration,
+                   predictions=predictions)
     log.info("evaluation of run %s:\n%s", run_id, report.summary())
     return report
 
@@ -235,19 +248,70 @@ def _correct(probs: Any, y_true: Sequence[str], classes: Sequence[str]) -> list[
     return out
 
 
-def challenger_test_report(report: EvalReport, classes: Sequence[str]) -> dict[str, Any]:
+def calibration_of(probs: Any, y_true: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """ECE and reliability bins of ``probs`` (the served model's, so calibrated if it is) on
+    labels ``y_true``: ``{"ece", "reliability", "n"}``; ``ece`` None without a usable row
+    (a model that failed on every image)."""
+    labels = calibration.label_indices(y_true, classes)
+    bins = calibration.reliability_bins(probs, labels)
+    ece = calibration.expected_calibration_error(probs, labels)
+    return {"ece": None if math.isnan(ece) else ece, "reliability": bins,
+            "n": sum(b["count"] for b in bins)}
+
+
+def per_image_predictions(
+    records: Sequence[manifest.ImageRecord], challenger_probs: Any, champion_probs: Any,
+    classes: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One entry per test image (``TEST_PREDICTIONS_ARTIFACT``), in ``records`` order: sha256,
+    label, source keys, and each model's predicted class and confidence (top probability);
+    ``champion`` None without a usable champion, ``predicted`` None for an image a model
+    failed on."""
+    def answer(row: Any) -> dict[str, Any]:
+        import numpy as np
+
+        if np.isnan(row).any():
+            return {"predicted": None, "confidence": None}
+        return {"predicted": classes[int(np.argmax(row))], "confidence": float(np.max(row))}
+
+    out = []
+    for i, rec in enumerate(records):
+        out.append({
+            "sha256": rec.sha256,
+            "label": rec.label,
+            "source_keys": list(rec.source_keys),
+            "challenger": answer(challenger_probs[i]),
+            "champion": None if champion_probs is None else answer(champion_probs[i]),
+        })
+    return out
+
+
+def challenger_test_report(
+    report: EvalReport, classes: Sequence[str], test_calibration: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The challenger's metrics on the test split (``TEST_REPORT_ARTIFACT``), shaped like
-    training's val report: the confusion matrix's rows and columns are ``classes``."""
-    return (
+    training's val report: the confusion matrix's rows and columns are ``classes``. With
+    ``test_calibration`` (:func:`calibration_of`): ``ece`` and ``reliability`` (the bins)."""
+    out = (
         {"classes": list(classes)}
         | report.challenger.as_dict()
         | {"split": "test", "manifest_version": report.manifest_version}
     )
+    if test_calibration is not None:
+        out |= {"ece": test_calibration["ece"],
+                "reliability": list(test_calibration["reliability"])}
+    return out
 
 
-def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[str]) -> None:
-    """Write the evaluation on the challenger's run: test metrics, tags, the test report and
-    confusion-matrix plot, and last ``EVALUATION_ARTIFACT`` (what promotion reads)."""
+def log_evaluation(
+    client: MlflowClient, report: EvalReport, classes: Sequence[str], *,
+    test_calibration: Mapping[str, Any] | None = None,
+    predictions: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Write the evaluation on the challenger's run: test metrics, tags, the test report
+    (with ``test_calibration``, :func:`calibration_of`), the per-image ``predictions``
+    (:func:`per_image_predictions`) and the confusion-matrix plot, and last ``EVALUATION_ARTIFACT``
+    (what promotion reads)."""
     import numpy as np
 
     from weather_tasks import plots
@@ -270,6 +334,8 @@ def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[s
         metrics |= _interval_metrics(tracking.ACCURACY_DIFFERENCE_CI_METRIC, report.difference)
     if report.mcnemar_p is not None:
         metrics[tracking.MCNEMAR_P_METRIC] = report.mcnemar_p
+    if report.test_ece is not None:
+        metrics[tracking.TEST_ECE_METRIC] = report.test_ece
     for name, value in metrics.items():
         client.log_metric(run_id, name, value, step=0)
     reasons = tracking.EVAL_REASONS_SEPARATOR.join(report.decision.reasons)
@@ -283,8 +349,12 @@ def log_evaluation(client: MlflowClient, report: EvalReport, classes: Sequence[s
         tags[tracking.EVAL_CHAMPION_ERROR_TAG] = report.champion_error
     for tag, text in tags.items():
         client.set_tag(run_id, tag, text)
-    numbers = challenger_test_report(report, classes)
+    numbers = challenger_test_report(report, classes, test_calibration)
     client.log_dict(run_id, numbers, tracking.TEST_REPORT_ARTIFACT)
+    if predictions is not None:
+        client.log_dict(run_id, {"classes": list(classes), "manifest_version":
+                                 report.manifest_version, "images": list(predictions)},
+                        tracking.TEST_PREDICTIONS_ARTIFACT)
     figure = plots.confusion_matrix_figure(np.asarray(numbers["confusion_matrix"]), classes, "test")
     client.log_figure(run_id, figure, tracking.CONFUSION_MATRIX_TEST_PLOT)
     client.log_dict(run_id, report.as_dict(), tracking.EVALUATION_ARTIFACT)

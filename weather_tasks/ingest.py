@@ -31,6 +31,12 @@ leaves it, and its earlier keys are quarantined too (their records are written u
 new version). Its curated object stays, for the older versions that list it. So any
 sequence of batches ends as the same keys in one batch would.
 
+People's review (:mod:`weather_tasks.review`) carries over the same way: content a person
+rejected (the manifest's ``rejected``) is quarantined as ``rejected_in_review`` whatever key
+and label it arrives under, and every version ingest writes keeps ``rejected`` and ``review``
+(an image held for review stays held across nights until a person decides; one that leaves
+the dataset, by a label conflict, leaves ``review`` too).
+
 Object keys are never used as local paths: no image and no key is written to local disk
 (the first ingest's bulk split lays out empty files named by content hash in a temporary
 folder, see :func:`weather_tasks.split.bulk_split`).
@@ -58,6 +64,7 @@ from weather_tasks import split as sp
 from weather_tasks.config import PipelineConfig, PipelineError
 from weather_tasks.label import label_for_key
 from weather_tasks.manifest import ImageRecord, Manifest, ManifestError, ObjectRecord
+from weather_tasks.review import REJECTED
 from weather_tasks.validate import Rejected, ValidImage, validate_image
 
 if TYPE_CHECKING:
@@ -237,6 +244,8 @@ def ingest(cfg: PipelineConfig, s3: S3Client) -> IngestReport:
         images=merged.images,
         objects=merged.objects,
         conflicts=merged.conflicts,
+        review={k: v for k, v in base.review.items() if k in merged.images},
+        rejected=dict(base.rejected),
     )
     uri = mf.write_manifest(s3, cfg, manifest)  # ManifestError if another run wrote it first
     log.info("wrote %s", uri)
@@ -341,6 +350,9 @@ def _process(
     sha = hashlib.sha256(data).hexdigest()
     if sha in base.conflicts:  # never in the dataset again: no need to decode or store it
         return _Quarantined(obj.key, obj.etag, CONFLICT, "", label, sha)  # detail: _merge
+    if sha in base.rejected:  # a person rejected this content: never in the dataset again
+        detail = f"the same content {sha[:12]} was rejected in review: {base.rejected[sha]}"
+        return _Quarantined(obj.key, obj.etag, REJECTED, detail, label, sha)
     known = base.images.get(sha)
     if known is not None:  # content already curated: no need to decode it, if it is there
         restored = not _curated_exists(cfg, s3, known) and restore(

@@ -17,9 +17,17 @@ problems, e.g. ``manifest s3://weather/curated/manifests/v000003.json: damaged:
 images.ab12cd34ef56...: split 'bogus' is not one of train, val, test; ...``. Nothing is ever
 written on top of a manifest that could not be read.
 
-``format_version`` (:data:`FORMAT_VERSION`, 2) is written in every new manifest. A manifest
-without it is format 1 (written before the field existed, without ``conflicts``) and reads as
-before; a format newer than this code knows is refused as written by a newer weather-retrain.
+Two states come from people's review of suspect labels (:mod:`weather_tasks.review`):
+``review`` (sha256 -> :class:`ReviewNote`) holds train/val images out of training until a
+person decides (they stay in ``images`` and keep their split; a test image is never held), and
+``rejected`` (sha256 -> the reason) remembers content a person rejected: like ``conflicts``, it
+is not an image of the manifest and the same bytes arriving again under any key are
+quarantined (``rejected_in_review``).
+
+``format_version`` (:data:`FORMAT_VERSION`, 3) is written in every new manifest. A manifest
+without it is format 1 (written before the field existed, without ``conflicts``); format 2 has
+no ``review`` and ``rejected``; both read as before (the missing fields empty). A format newer
+than this code knows is refused as written by a newer weather-retrain.
 
 A curated image that is missing from the bucket or whose bytes do not hash to its record's
 ``stored_sha256`` fails :func:`fetch_images` (training) with a message naming the image (sha256,
@@ -52,8 +60,11 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 STATUSES = ("accepted", "duplicate", "quarantined")  # of an incoming/ object in the ledger
 STORED_EXTS = ("jpg", "png")
-# Written in every new manifest. 1: no such field, no ``conflicts``; 2: both.
-FORMAT_VERSION = 2
+# Written in every new manifest. 1: no such field, no ``conflicts``; 2: both; 3: ``review``
+# and ``rejected`` too.
+FORMAT_VERSION = 3
+# Fields a document of an older format may lack (they read as empty): field -> first format.
+_ADDED_IN = {"conflicts": 2, "review": 3, "rejected": 3}
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch
 _MAX_PROBLEMS = 3  # named in one message; the rest are counted
@@ -103,6 +114,22 @@ class ObjectRecord:
 
 
 @dataclass(frozen=True)
+class ReviewNote:
+    """Why an image is held out of training until a person decides: the screening's
+    ``reason``, the champion's ``predicted`` class and its ``confidence`` in it (0 to 1), and
+    ``flagged_in``, the manifest version whose screening flagged it."""
+
+    reason: str
+    predicted: str
+    confidence: float
+    flagged_in: str
+
+    def as_dict(self) -> dict[str, Any]:
+        # float(): a caller may pass a NumPy scalar, which JSON cannot encode as such.
+        return {**asdict(self), "confidence": float(self.confidence)}
+
+
+@dataclass(frozen=True)
 class Manifest:
     version: str
     parent: str | None
@@ -115,6 +142,10 @@ class Manifest:
     # Content seen under more than one label: sha256 -> the labels (sorted). Remembered so
     # that the content stays quarantined whatever label or order it arrives in later.
     conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Images held out of training until a person decides (train/val images of this manifest).
+    review: dict[str, ReviewNote] = field(default_factory=dict)
+    # Content a person rejected: sha256 -> the reason. Remembered like ``conflicts``.
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> list[ImageRecord]:
         """Images of one split by sha256; ``test`` falls back to ``val`` for 2-way ratios."""
@@ -141,6 +172,8 @@ class Manifest:
             "images": {k: _record_json(v) for k, v in sorted(self.images.items())},
             "objects": {k: _drop_none(asdict(v)) for k, v in sorted(self.objects.items())},
             "conflicts": {k: list(v) for k, v in sorted(self.conflicts.items())},
+            "review": {k: v.as_dict() for k, v in sorted(self.review.items())},
+            "rejected": dict(sorted(self.rejected.items())),
         }
 
     def encode(self) -> bytes:
@@ -169,11 +202,11 @@ class Manifest:
                 f"formats 1 to {FORMAT_VERSION}); upgrade weather-retrain to read it"
             )
         # Fields with a default in the dataclass are still required in the document, except
-        # ``conflicts`` in format 1 (written before it existed).
+        # in a format written before the field existed.
         missing = [
             f"{f.name}: missing"
             for f in fields(cls)
-            if f.name not in data and (fmt >= 2 or f.name != "conflicts")
+            if f.name not in data and fmt >= _ADDED_IN.get(f.name, 1)
         ]
         if missing:
             raise ManifestError(_damaged(missing))
@@ -456,6 +489,27 @@ def _rule_problems(m: Manifest) -> list[str]:
             out.append(f"{where}: not a sha256 (64 hex digits)")
         if len(set(labels)) < 2 or not set(labels) <= set(m.classes):
             out.append(f"{where}: {list(labels)} are not two or more of {', '.join(m.classes)}")
+    for key, note in m.review.items():
+        where = f"review.{_short(key)}"
+        rec = m.images.get(key)
+        if rec is None:
+            out.append(f"{where}: not an image of this manifest")
+        elif rec.split not in ("train", "val"):
+            out.append(f"{where}: split {rec.split!r} cannot be held (only train or val)")
+        if note.predicted not in m.classes:
+            out.append(f"{where}: predicted {note.predicted!r} is not one of "
+                       f"{', '.join(m.classes)}")
+        if not (math.isfinite(note.confidence) and 0 <= note.confidence <= 1):
+            out.append(f"{where}: confidence {note.confidence!r} is not between 0 and 1")
+        if not _VERSION_RE.match(note.flagged_in):
+            out.append(f"{where}: flagged_in {_short(note.flagged_in)!r} is not a manifest "
+                       "version")
+    for key in m.rejected:
+        where = f"rejected.{_short(key)}"
+        if not _SHA256_RE.fullmatch(key):
+            out.append(f"{where}: not a sha256 (64 hex digits)")
+        elif key in m.images:
+            out.append(f"{where}: rejected content is still an image of this manifest")
     return out
 
 

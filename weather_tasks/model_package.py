@@ -10,13 +10,17 @@ The model is logged as MLflow "model from code" (``serving_model.py``): it decod
 and get ``label``, ``prob_<class>``, ``error`` and ``error_code`` per row (a failed row: None
 label and probabilities, a message and a stable code). The Keras model travels as a
 ``.keras`` artifact; classes, image size and the resize as the model config, so the model alone
-knows how to preprocess. Logged into the active run (MLflow's fluent API, so the process must
-be configured: :func:`weather_tasks.tracking.configure_process`).
+knows how to preprocess; the test-time flip and the calibration temperature (fitted by training
+on the val split) are in the config too, so the served ``prob_*`` are the calibrated ones (a
+model logged before the temperature existed has none and is served uncalibrated, T = 1).
+Logged into the active run (MLflow's fluent API, so the process must be configured:
+:func:`weather_tasks.tracking.configure_process`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,21 @@ from weather_tasks.image_spec import RESIZE_ANTIALIAS, RESIZE_METHOD
 _MODEL_CODE = Path(__file__).with_name("serving_model.py")
 
 
-def log_model(keras_model: Any, cfg: PipelineConfig, input_example_path: str | None = None) -> str:
+def log_model(
+    keras_model: Any,
+    cfg: PipelineConfig,
+    input_example_path: str | None = None,
+    *,
+    temperature: float = 1.0,
+) -> str:
     """Log ``keras_model`` as the pyfunc model "model" of the active run; returns its URI.
 
     ``input_example_path``: an image file whose bytes become the input example (and let MLflow
-    check the model loads and predicts).
+    check the model loads and predicts). ``temperature``: the served model divides the log of
+    its probabilities by it (:mod:`weather_tasks.calibration`); 1.0 leaves them as they are.
     """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     import mlflow
 
     run = mlflow.active_run()
@@ -58,6 +71,8 @@ def log_model(keras_model: Any, cfg: PipelineConfig, input_example_path: str | N
                 "interpolation": RESIZE_METHOD,
                 "antialias": RESIZE_ANTIALIAS,
                 "tta_flip": cfg.tta_flip,  # average with the horizontal flip (recipe setting)
+                # Applied after the flip average, as training fitted it (calibrated prob_*).
+                "temperature": float(temperature),
             },
             signature=model_signature(cfg),
             input_example=example,

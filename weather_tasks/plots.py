@@ -1,4 +1,4 @@
-"""The training run's figures: learning curve and confusion matrix (matplotlib, no pyplot).
+"""The pipeline's figures: training curves, confusion, reliability, drift (no pyplot).
 
 Figures are built with ``matplotlib.figure.Figure`` directly: no pyplot, so no global figure
 state and no GUI backend in a worker process.
@@ -123,4 +123,62 @@ def reliability_figure(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def drift_figure(
+    new: Sequence[dict[str, float]],
+    reference: Sequence[dict[str, float]],
+    *,
+    confidences: Sequence[float] = (),
+    class_mix_new: dict[str, float] | None = None,
+    class_mix_reference: dict[str, float] | None = None,
+    mmd_p: float | None = None,
+    title: str = "drift",
+) -> Any:
+    """The night's new photos against the reference: one density histogram per image statistic
+    (keys of the first row, e.g. ``weather_tasks.screen.STATISTICS``), then, with a champion,
+    the confidence of the new photos and the predicted-class mix of both. The embedding MMD
+    permutation p-value is in the title ("not tested" without a champion)."""
+    from matplotlib.figure import Figure
+
+    names = list(new[0]) if new else list(reference[0]) if reference else []
+    champion = bool(confidences) or bool(class_mix_new)
+    panels = len(names) + (2 if champion else 0)
+    cols = 4
+    rows = max(1, -(-panels // cols))
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
+    p_text = "not tested" if mmd_p is None else f"{mmd_p:.3g}"
+    fig.suptitle(f"{title}: {len(new)} new vs {len(reference)} reference photos; "
+                 f"embedding MMD p = {p_text}")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        a = np.array([s[name] for s in new])
+        b = np.array([s[name] for s in reference])
+        both = np.concatenate([a, b])
+        low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        bins = np.linspace(low, high if high > low else low + 1, 16)
+        ax.hist(b, bins=bins, density=True, alpha=0.5, label="reference", color="tab:blue")
+        ax.hist(a, bins=bins, density=True, alpha=0.5, label="new", color="tab:orange")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    used = len(names)
+    if champion:
+        ax = axes[used]
+        ax.hist(list(confidences), bins=np.linspace(0, 1, 11), color="tab:orange")
+        ax.set_title("champion confidence (new)")
+        ax.set_xlabel("top probability")
+        ax = axes[used + 1]
+        classes = list((class_mix_new or class_mix_reference or {}).keys())
+        x = np.arange(len(classes))
+        ax.bar(x - 0.2, [(class_mix_reference or {}).get(c, 0) for c in classes], 0.4,
+               label="reference", color="tab:blue")
+        ax.bar(x + 0.2, [(class_mix_new or {}).get(c, 0) for c in classes], 0.4,
+               label="new", color="tab:orange")
+        ax.set_xticks(x, classes, rotation=30)
+        ax.set_title("predicted classes")
+        ax.legend(fontsize=7)
+        used += 2
+    for ax in axes[used:]:
+        ax.set_visible(False)
     return fig

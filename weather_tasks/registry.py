@@ -17,12 +17,21 @@ functions) holds the S3 lease ``<locks_prefix>promotion/<registered model>.json`
 the champion read is current: if it is no longer the version the evaluation compared against,
 promotion is refused (re-evaluate against the new champion) before anything is registered. The
 champion is re-read once more right before the alias move, for a holder that outlived its lease.
+
+Held for review: a caller that has a reason to wait (the night's drift screening) passes
+``hold_reason``; a challenger that would be promoted is then neither registered nor made
+champion (status ``held_for_review``, not a failure), and the reason says how to promote it
+anyway (``weather promote <run id>``, which never passes a hold).
+
+The model card (:mod:`weather_tasks.card`) is written on the challenger's run once the outcome
+is known (promoted, not better, held; an ``already_champion`` retry writes it if missing), after
+the alias move and outside the lease; a registered version gets the tag ``VERSION_CARD_TAG``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -45,7 +54,7 @@ class RegistryError(PipelineError):
 @dataclass(frozen=True)
 class PromoteReport:
     run_id: str
-    # promoted | already_champion | not_better | refused_champion_changed
+    # promoted | already_champion | not_better | held_for_review | refused_champion_changed
     status: str
     promoted: bool
     version: str | None
@@ -57,7 +66,8 @@ class PromoteReport:
 
     @property
     def failed(self) -> bool:
-        """A refused promotion is an error for the caller; "not better" is a normal outcome."""
+        """A refused promotion is an error for the caller; "not better" and "held for review"
+        are normal outcomes."""
         return self.status == "refused_champion_changed"
 
     @property
@@ -117,12 +127,15 @@ def promote_if_better(
     *,
     airflow_run_id: str | None = None,
     s3: S3Client | None = None,
+    hold_reason: str | None = None,
 ) -> PromoteReport:
     """Register the evaluated run's model and make it champion, if its evaluation says so.
 
     Accepts a run id (the evaluation is read from the run), an :class:`EvalReport`, or its
     ``as_dict()`` (what the DAG passes through XCom). Holds the promotion lease (on ``s3``,
-    default a client from ``cfg``) from the champion read to the alias move.
+    default a client from ``cfg``) from the champion read to the alias move. With
+    ``hold_reason``, a challenger that would be promoted is held for review instead (nothing
+    registered or moved). Then writes the model card on the run.
     """
     if isinstance(run_id_or_eval_report, str):
         report = read_evaluation(cfg, run_id_or_eval_report)
@@ -150,8 +163,27 @@ def promote_if_better(
         (log.warning if out.failed else log.info)("promotion: %s", out.summary())
         return out
 
+    s3 = s3 or storage.make_client(cfg)
+    out = _promote_under_lease(cfg, client, report, result, airflow_run_id, s3, hold_reason)
+    if out.status in _CARD_STATUSES:
+        _write_card(cfg, client, s3, out, report)
+    return out
+
+
+# The outcomes that have a final decision: the card says it. (A refused promotion gets none:
+# it is re-evaluated and promoted again later.)
+_CARD_STATUSES = ("promoted", "already_champion", "not_better", "held_for_review")
+
+
+def _promote_under_lease(
+    cfg: PipelineConfig, client: MlflowClient, report: EvalReport,
+    result: Callable[[str, str | None, str | None, str], PromoteReport],
+    airflow_run_id: str | None, s3: S3Client, hold_reason: str | None,
+) -> PromoteReport:
+    """The decision and the registry moves, under the promotion lease."""
+    name = cfg.registered_model
     owner = lease.owner_name(airflow_run_id)
-    with lease.hold(cfg, s3 or storage.make_client(cfg), _lease_name(cfg), owner):
+    with lease.hold(cfg, s3, _lease_name(cfg), owner):
         champion = tracking.alias_model_version(client, name, tracking.CHAMPION)
         current = None if champion is None else str(champion.version)
         existing = _version_of_run(client, name, report.run_id)
@@ -165,6 +197,12 @@ def promote_if_better(
             )
         if not report.promote:
             return result("not_better", existing, None, "; ".join(report.decision.reasons))
+        if hold_reason:
+            return result(
+                "held_for_review", existing, None,
+                f"held for review: {hold_reason}; the evaluation says promote, so after review "
+                f"promote it with `weather promote {report.run_id}`",
+            )
         if current != report.champion_version:
             return result(
                 "refused_champion_changed", existing, None,
@@ -191,6 +229,48 @@ def promote_if_better(
             "promoted", existing, now,
             "; ".join(report.decision.reasons) or "evaluation says promote",
         )
+
+
+def _write_card(
+    cfg: PipelineConfig, client: MlflowClient, s3: S3Client, out: PromoteReport,
+    report: EvalReport,
+) -> None:
+    """Write the model card on the run (and tag the version), after the registry moves.
+
+    An ``already_champion`` retry writes it only if it is missing (the retry after a failure
+    between the alias move and the card). MLflow or S3 unreachable is re-raised as the
+    transient error it is (the DAG retries; the retry finds the promotion done and writes the
+    card). Any other failure to build the card is a warning only: the promotion is done and
+    the champion serves, and a card is documentation, not worth failing a night for (``weather
+    card`` builds it again).
+    """
+    from botocore import exceptions as bex
+
+    from weather_tasks import card
+
+    try:
+        with tracking.mlflow_errors(cfg), storage.s3_errors(cfg):
+            if out.status == "already_champion" and card.has_card(
+                client, cfg.registered_model, out.run_id, out.version
+            ):
+                return
+            written = card.write_card(
+                cfg, out.run_id, client=client, s3=s3,
+                decision=card.CardDecision(out.status, out.reason, out.version,
+                                           out.previous_version, report.champion_version),
+            )
+            if out.version is not None:
+                client.set_model_version_tag(cfg.registered_model, out.version,
+                                             tracking.VERSION_CARD_TAG, written)
+    except PipelineError as exc:
+        if exc.transient:
+            raise
+        log.warning("model card of run %s not written: %s", out.run_id, exc)
+    except (bex.BotoCoreError, bex.ClientError) as exc:  # pragma: no cover - mapped above
+        raise storage.storage_error(exc, cfg) from exc
+    except Exception as exc:  # noqa: BLE001 - see the docstring: a card never fails a promotion
+        log.warning("model card of run %s not written: %s: %s", out.run_id,
+                    type(exc).__name__, exc)
 
 
 def rollback(

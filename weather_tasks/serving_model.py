@@ -24,6 +24,13 @@ Test-time augmentation: a model logged with ``tta_flip`` true in its config retu
 image, the mean of the probabilities of the image and of its horizontal flip (the flip is one
 of training's augmentations, so both views are in-distribution); models without the key
 predict once.
+
+Calibration: a model logged with ``temperature`` T in its config returns, after the flip
+average, ``softmax(log(p) / T)``: temperature scaling, fitted by training on the val split
+(``weather_tasks.calibration.apply_temperature``, written out again here since this file
+imports nothing from the package; a test holds the two together). It never changes the label,
+only how confident ``prob_*`` are. Models logged before it existed have no key and predict as
+before (T = 1). A non-finite row stays NaN, so it is still reported as ``non_finite``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from mlflow.pyfunc import PythonModel
 
 # Prediction batch size: large enough to amortize the call, small enough for any host's memory.
 _BATCH = 32
+# Probabilities are clipped to this before their log, as weather_tasks.calibration does.
+_EPS = 1e-12
 
 # Per-row error codes: part of the served contract, so never renamed.
 EMPTY = "empty"  # null, NaN or zero-length image
@@ -73,6 +82,7 @@ class WeatherClassifier(PythonModel):
         self.interpolation: str = str(config.get("interpolation", "bilinear"))
         self.antialias: bool = bool(config.get("antialias", False))
         self.tta_flip: bool = bool(config.get("tta_flip", False))
+        self.temperature: float = float(config.get("temperature", 1.0))
         self._keras = keras
         self._model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
 
@@ -114,7 +124,8 @@ class WeatherClassifier(PythonModel):
 
     def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities of (n, h, w, 3) images; with ``tta_flip`` the mean over each image and
-        its horizontal flip (as ``weather_tasks.recipe.predict_probabilities``).
+        its horizontal flip (as ``weather_tasks.recipe.predict_probabilities``), then scaled by
+        the model's temperature (as ``weather_tasks.calibration.apply_temperature``).
 
         Pad to the next power of two so the compiled predict function is traced at most
         log2(_BATCH)+1 times, whatever batch sizes requests come in with."""
@@ -126,7 +137,7 @@ class WeatherClassifier(PythonModel):
         out = self._predict_padded(batch)
         if self.tta_flip:
             out = (out + self._predict_padded(batch[:, :, ::-1])) / 2  # NHWC: width
-        return out[:n]
+        return apply_temperature(out[:n], self.temperature)
 
     def _predict_padded(self, batch: np.ndarray) -> np.ndarray:
         out = self._model.predict_on_batch(batch)
@@ -152,6 +163,18 @@ class WeatherClassifier(PythonModel):
         )
         resized = np.asarray(self._keras.ops.convert_to_numpy(resized), dtype=np.float32)
         return np.clip(np.round(resized), 0.0, 255.0) / 255.0
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(probs) / temperature)`` row by row; a row with any non-finite value comes
+    out all NaN (clipping alone would turn an infinity into a confident-looking answer)."""
+    if temperature == 1.0:
+        return probs
+    finite = np.isfinite(probs).all(axis=-1, keepdims=True)
+    logits = np.log(np.clip(np.where(finite, probs, 1.0), _EPS, 1.0)) / temperature
+    logits -= np.max(logits, axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return np.where(finite, e / e.sum(axis=-1, keepdims=True), np.nan)
 
 
 def result_frame(

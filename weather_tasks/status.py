@@ -12,8 +12,10 @@ or a monitoring system): it reads the bucket only and fails when the newest nigh
 A summary is a small JSON object (``NIGHT_FORMAT``): ``airflow_run_id``, ``logical_date``,
 ``started_at``, ``ended_at`` (ISO 8601, UTC), ``outcome`` (``OUTCOMES``), ``forced``,
 ``champion_version`` (after the night), and the night's ``ingest`` counts (quarantined by reason
-too), ``train``, ``evaluation`` (decision and reasons) and ``promotion`` reports, None where the
-night skipped the step.
+too), ``screening`` (new photos, the drift test's p-value, suspect labels, how many were held
+for review, why the promotion was held), ``train``, ``evaluation`` (decision and reasons) and
+``promotion`` reports, None where the night skipped the step (summaries written before the
+screening existed have no ``screening`` key).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ OUTCOMES = (PROMOTED, NOT_PROMOTED, NOTHING_NEW, FAILED)
 _INGEST_KEYS = ("listed", "new", "accepted", "duplicate", "quarantined", "quarantined_total",
                 "requarantined", "manifest_version", "previous_version", "images_total",
                 "seconds", "warnings")
+_SCREENING_KEYS = ("screened_version", "manifest_version", "n_new", "n_reference", "mmd_p",
+                   "n_suspects", "held", "hold_reason", "run_id")
 _TRAIN_KEYS = ("run_id", "model_uri", "manifest_version", "model", "image_size", "epochs_run",
                "best_val_accuracy", "train_seconds")
 
@@ -65,6 +69,7 @@ def night_summary(
     evaluation: dict[str, Any] | None,
     promoted: dict[str, Any] | None,
     forced: bool,
+    screened: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One night in one small dict, from the reports its tasks returned (None: skipped).
 
@@ -84,6 +89,7 @@ def night_summary(
         "forced": forced,
         "champion_version": None,
         "ingest": {k: ingested.get(k) for k in _INGEST_KEYS} if ingested else None,
+        "screening": {k: screened.get(k) for k in _SCREENING_KEYS} if screened else None,
         "train": {k: trained.get(k) for k in _TRAIN_KEYS} if trained else None,
         "evaluation": evaluation,
         "promotion": promoted,
@@ -139,6 +145,8 @@ class Night:
             out.append(f"  ingest: {i['new']} new, {i['accepted']} accepted, {i['duplicate']} "
                        f"duplicate, quarantined {quarantined or 'none'}; manifest "
                        f"{i['manifest_version']} ({i['images_total']} images)")
+        if s.get("screening"):
+            out.append(f"  screening: {screening_line(s['screening'])}")
         if s.get("train"):
             t = s["train"]
             out.append(f"  train: run {t['run_id']}, {t['epochs_run']} epochs, best val "
@@ -151,6 +159,17 @@ class Night:
             p = s["promotion"]
             out.append(f"  promotion: {p['status']}: {p['reason']}")
         return out
+
+
+def screening_line(screening: dict[str, Any]) -> str:
+    """A night's screening in one line (``weather status``)."""
+    p = screening.get("mmd_p")
+    drift = "drift not tested" if p is None else f"drift MMD p {p:.3g}"
+    line = (f"{screening.get('n_new')} new photos, {drift}, {screening.get('n_suspects') or 0} "
+            f"suspect labels ({screening.get('held') or 0} held for review)")
+    if screening.get("hold_reason"):
+        line += f"; promotion held: {screening['hold_reason']}"
+    return line
 
 
 @dataclass(frozen=True)

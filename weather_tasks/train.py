@@ -9,10 +9,19 @@ The recipe itself (model, optimizer, callbacks, precision, float32 export) is
 - the manifest as an MLflow dataset input (its digest and S3 URI);
 - a learning-curve plot, a confusion matrix on the val split and the val report
   (:mod:`weather_tasks.plots`, :mod:`weather_tasks.metrics`), computed with the restored best
-  weights (tag ``best_checkpoint``);
+  weights (tag ``best_checkpoint``) and the calibrated probabilities the served model gives;
+- calibration: a temperature fitted on the val split's probabilities of the float32 model as
+  served (``tta_flip`` included), by :func:`weather_tasks.calibration.fit_temperature`;
+  metrics ``temperature``, ``val_ece_uncalibrated`` and ``val_ece`` (calibrated), the
+  reliability diagram before and after, and ``reports/calibration.json`` (see
+  :func:`calibration_report`). The temperature is stored in the logged model's config and
+  applied inside the served model, so its ``prob_*`` are calibrated; it never changes the
+  predicted class, so accuracy and the promotion rule are unaffected. Fitted on val, which
+  also chose the best epoch: the test split, on which a challenger is judged, stays unseen;
 - tags for the manifest version, code version, settings digest and Airflow run id;
 - the float32 model as a pyfunc (:func:`weather_tasks.model_package.log_model`);
-- last, the train report: a finished run with it is a complete training.
+- last, the train report: a finished run with it is a complete training (one written before
+  calibration existed still loads: temperature 1, as its model is served, ECE unknown).
 
 The summary metrics, the evaluation artifacts, the model and the report are essential: if
 MLflow cannot take them (after its own HTTP retries), the training fails (the DAG task and the
@@ -32,6 +41,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +52,7 @@ import numpy as np
 from mlflow.entities import Metric
 
 from weather_tasks import (
+    calibration,
     config,
     data,
     manifest,
@@ -85,6 +96,11 @@ class TrainReport:
     images_per_second: float  # training throughput, steady state (epochs after the first)
     train_seconds: float
     airflow_run_id: str | None = None
+    # Calibration (defaults: a report written before it existed still loads; its model is
+    # served uncalibrated, T = 1). ECE None: not measured, or no usable val row.
+    temperature: float = 1.0
+    val_ece_uncalibrated: float | None = None
+    val_ece: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,9 +114,18 @@ class TrainReport:
                 f"in {self.train_seconds:.1f}s, {self.images_per_second:.1f} images/s",
                 f"  best epoch {self.best_epoch}: val_accuracy {self.best_val_accuracy:.4f}, "
                 f"val_loss {self.best_val_loss:.4f} (final epoch: {self.final_val_accuracy:.4f})",
+                *self._calibration_lines(),
                 f"  MLflow run {self.run_id}; model {self.model_uri}",
             ]
         )
+
+    def _calibration_lines(self) -> list[str]:
+        if self.val_ece is None or self.val_ece_uncalibrated is None:
+            return []
+        return [
+            f"  temperature {self.temperature:.3f}: val ECE {self.val_ece_uncalibrated:.4f} "
+            f"uncalibrated, {self.val_ece:.4f} as served"
+        ]
 
 
 def train_model(
@@ -184,7 +209,7 @@ def train_model(
             )
         serving_model = recipe.float32_copy(model, cfg)
 
-        _log_evaluation_artifacts(serving_model, cfg, training, fit.history)
+        calibrated = _log_evaluation_artifacts(serving_model, cfg, training, fit.history)
         mlflow.log_metrics(
             {
                 "best_epoch": fit.best_epoch,
@@ -197,7 +222,9 @@ def train_model(
         # The server has just taken the essential metrics: send what it refused during fit,
         # before log_model links the run's metrics to the model.
         epoch_logger.finish()
-        model_uri = model_package.log_model(serving_model, cfg, training.val.paths[0])
+        model_uri = model_package.log_model(
+            serving_model, cfg, training.val.paths[0], temperature=calibrated.temperature
+        )
         report = TrainReport(
             run_id=run.info.run_id,
             experiment_id=experiment.experiment_id,
@@ -219,6 +246,9 @@ def train_model(
             images_per_second=fit.images_per_second,
             train_seconds=fit.train_seconds,
             airflow_run_id=airflow_run_id,
+            temperature=calibrated.temperature,
+            val_ece_uncalibrated=_finite_or_none(calibrated.ece_uncalibrated),
+            val_ece=_finite_or_none(calibrated.ece_calibrated),
         )
         # Last thing in the run: a finished run with this file is a complete training.
         mlflow.log_dict(report.as_dict(), tracking.TRAIN_REPORT_ARTIFACT)
@@ -348,20 +378,91 @@ class _MlflowEpochLogger(keras.callbacks.Callback):
         return None
 
 
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Temperature scaling fitted on one split: the temperature and what it changed."""
+
+    temperature: float
+    n: int
+    ece_uncalibrated: float  # NaN without a usable row
+    ece_calibrated: float
+    log_loss_uncalibrated: float
+    log_loss_calibrated: float
+    reliability_uncalibrated: list[dict[str, Any]]
+    reliability_calibrated: list[dict[str, Any]]
+    fitted_on: str = "val"
+    bins: int = calibration.ECE_BINS
+
+    def as_dict(self) -> dict[str, Any]:
+        """``reports/calibration.json``: strict JSON (NaN written as null)."""
+        return {
+            "method": "temperature scaling",
+            "fitted_on": self.fitted_on,
+            "n": self.n,
+            "temperature": self.temperature,
+            "bins": self.bins,
+            "ece_uncalibrated": _finite_or_none(self.ece_uncalibrated),
+            "ece_calibrated": _finite_or_none(self.ece_calibrated),
+            "reliability_uncalibrated": self.reliability_uncalibrated,
+            "reliability_calibrated": self.reliability_calibrated,
+            "log_loss_uncalibrated": _finite_or_none(self.log_loss_uncalibrated),
+            "log_loss_calibrated": _finite_or_none(self.log_loss_calibrated),
+        }
+
+
+def calibration_report(
+    labels: Sequence[str], probs: Any, classes: Sequence[str], *, fitted_on: str = "val"
+) -> tuple[CalibrationReport, np.ndarray]:
+    """Fit the temperature on ``probs`` (uncalibrated, as the model gives them) and ``labels``;
+    the report and the calibrated probabilities (NaN rows, images the model could not
+    classify, stay NaN and are left out of the fit and of the ECE)."""
+    uncalibrated = np.asarray(probs, dtype=np.float64)
+    indices = calibration.label_indices(labels, classes)
+    temperature = calibration.fit_temperature(uncalibrated, indices)
+    calibrated = calibration.apply_temperature(uncalibrated, temperature)
+    report = CalibrationReport(
+        temperature=temperature,
+        n=len(labels),
+        ece_uncalibrated=calibration.expected_calibration_error(uncalibrated, indices),
+        ece_calibrated=calibration.expected_calibration_error(calibrated, indices),
+        log_loss_uncalibrated=metrics.compute_metrics(labels, uncalibrated, classes).log_loss,
+        log_loss_calibrated=metrics.compute_metrics(labels, calibrated, classes).log_loss,
+        reliability_uncalibrated=calibration.reliability_bins(uncalibrated, indices),
+        reliability_calibrated=calibration.reliability_bins(calibrated, indices),
+        fitted_on=fitted_on,
+    )
+    return report, calibrated
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A float for JSON: NaN/inf (not valid JSON, and unequal to itself) as None."""
+    return float(value) if np.isfinite(value) else None
+
+
 def _log_evaluation_artifacts(
     model: keras.Model,
     cfg: PipelineConfig,
     training: data.TrainingData,
     history: dict[str, list[float]],
-) -> None:
-    """Learning curve, val confusion matrix (PNG) and the val report (JSON), of the model as it
-    is served (``tta_flip`` included)."""
-    probs = recipe.predict_probabilities(model, training.val.dataset, cfg)
+) -> CalibrationReport:
+    """Fit the temperature on val, then log the learning curve, the val confusion matrix (PNG),
+    the val report (JSON), the calibration report and reliability diagram, and their metrics;
+    all of the model as it is served: ``tta_flip`` and the temperature included.
+
+    The val split is predicted once: the calibrated probabilities are derived from the
+    uncalibrated ones (temperature scaling keeps every argmax, so the confusion matrix and
+    accuracy are the same either way; the log loss is the calibrated one)."""
+    uncalibrated = recipe.predict_probabilities(model, training.val.dataset, cfg)
+    cal, probs = calibration_report(training.val.labels, uncalibrated, cfg.classes)
     val = metrics.compute_metrics(training.val.labels, probs, cfg.classes)
     report = (
         {"classes": list(cfg.classes)}
         | val.as_dict()
-        | {"split": "val", "manifest_version": training.manifest.version}
+        | {
+            "split": "val",
+            "manifest_version": training.manifest.version,
+            "temperature": cal.temperature,
+        }
     )
     mlflow.log_dict(report, tracking.VAL_REPORT_ARTIFACT)
     title = f"{cfg.model}, {cfg.image_size} px, manifest {training.manifest.version}"
@@ -371,7 +472,25 @@ def _log_evaluation_artifacts(
         plots.confusion_matrix_figure(np.asarray(report["confusion_matrix"]), cfg.classes, "val"),
         tracking.CONFUSION_MATRIX_VAL_PLOT,
     )
+    mlflow.log_dict(cal.as_dict(), tracking.CALIBRATION_ARTIFACT)
+    mlflow.log_figure(
+        plots.reliability_figure(
+            {
+                f"uncalibrated (ECE {cal.ece_uncalibrated:.3f})": cal.reliability_uncalibrated,
+                f"T={cal.temperature:.2f}, as served (ECE {cal.ece_calibrated:.3f})":
+                    cal.reliability_calibrated,
+            },
+            title=f"reliability, val n={cal.n} ({cfg.model}, {training.manifest.version})",
+        ),
+        tracking.RELIABILITY_VAL_PLOT,
+    )
     mlflow.log_metrics(
         {"val_accuracy_best_model": val.accuracy}
         | {f"val_recall_{c}": val.per_class[c].recall for c in cfg.classes}
+        | {
+            tracking.TEMPERATURE_METRIC: cal.temperature,
+            tracking.VAL_ECE_UNCALIBRATED_METRIC: cal.ece_uncalibrated,
+            tracking.VAL_ECE_METRIC: cal.ece_calibrated,
+        }
     )
+    return cal

@@ -296,6 +296,8 @@ def _drop_lost(cfg: PipelineConfig, s3: S3Client, newest: Manifest, lost: list[I
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             images={k: r for k, r in newest.images.items() if k not in dropped},
             objects=objects,
+            # A lost image held for review leaves review too (review lists images only).
+            review={k: n for k, n in newest.review.items() if k not in dropped},
         ),
     )
     mf.write_quarantine_records(s3, cfg, version, records)

@@ -5,8 +5,13 @@ Routes (under the plugin's ``url_prefix``, e.g. ``/weather-models``):
   reasons and McNemar p, manifest version and dates; the champion's and previous version's
   learning curve and confusion matrices (test and val); the challengers that lost; links to
   each MLflow run and Airflow DAG run.
-- ``GET /api/history``: the same data as JSON.
+  Then each night's screening of its new photos (``weather_ui.screening``): drift test, hold,
+  suspect labels, the drift plot.
+- ``GET /api/history``: the same data as JSON (``screenings`` beside the history).
 - ``GET /runs/{run_id}/artifacts/{path}``: a PNG artifact of a run, fetched from MLflow.
+- ``GET /versions/{version}/card``: the version's model card (``weather_tasks.card``), the
+  self-contained HTML promotion logged on its run, served under a Content-Security-Policy
+  that allows no request at all (its figures are ``data:`` URIs, its CSS inline) and no script.
 
 Server-rendered HTML (Jinja2 templates in ``templates/``, autoescaped: run names and reasons
 come from MLflow and are shown as text) with no script dependencies, so it works inside the
@@ -28,7 +33,18 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from weather_tasks import tracking
-from weather_ui.history import LOST_LIMIT, RUN_ID, download_artifact, read_history
+from weather_ui.history import (
+    LOST_LIMIT,
+    RUN_ID,
+    download_artifact,
+    read_history,
+    version_run_id,
+)
+from weather_ui.screening import read_screenings
+
+# The card is self-contained: nothing to load, nothing to run; sandboxed like a foreign page.
+CARD_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'self'; sandbox")
 
 
 def _pct(value: float | None) -> str:
@@ -93,19 +109,24 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
     def page(request: Request) -> HTMLResponse:
         s = current()
         history = read_history(s.tracking_uri, s.model_name, s.experiment_name)
-        context = {"history": history, "links": Links(s, request), "lost_limit": LOST_LIMIT}
+        screenings = read_screenings(
+            s.tracking_uri, s.experiment_name + tracking.SCREENING_EXPERIMENT_SUFFIX
+        )
+        context = {"history": history, "links": Links(s, request), "lost_limit": LOST_LIMIT,
+                   "screenings": screenings}
         return _TEMPLATES.TemplateResponse(request, "page.html", context)
 
     @app.get("/api/history")
     def api_history() -> JSONResponse:
         s = current()
         history = read_history(s.tracking_uri, s.model_name, s.experiment_name)
-        return JSONResponse(history.as_dict())
+        screenings = read_screenings(
+            s.tracking_uri, s.experiment_name + tracking.SCREENING_EXPERIMENT_SUFFIX
+        )
+        return JSONResponse(history.as_dict() | {"screenings": [v.as_dict() for v in screenings]})
 
-    @app.get("/runs/{run_id}/artifacts/{path:path}", name="artifact")
-    def artifact(run_id: str, path: str) -> FileResponse:
-        if not RUN_ID.match(run_id) or ".." in path.split("/") or not path.endswith(".png"):
-            raise HTTPException(404, "only PNG artifacts of MLflow runs are served")
+    def fetch(run_id: str, path: str) -> str:
+        """The local copy of a run's artifact, downloaded once (404 if MLflow has none)."""
         with lock:
             local = downloaded.get((run_id, path))
             if local is None:
@@ -118,8 +139,29 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
                 except Exception as exc:  # noqa: BLE001 - report any MLflow failure as a 404
                     raise HTTPException(404, f"artifact not available: {exc}") from exc
                 downloaded[(run_id, path)] = local
+        return local
+
+    @app.get("/runs/{run_id}/artifacts/{path:path}", name="artifact")
+    def artifact(run_id: str, path: str) -> FileResponse:
+        if not RUN_ID.match(run_id) or ".." in path.split("/") or not path.endswith(".png"):
+            raise HTTPException(404, "only PNG artifacts of MLflow runs are served")
         headers = {"Cache-Control": "max-age=3600"}
-        return FileResponse(local, media_type="image/png", headers=headers)
+        return FileResponse(fetch(run_id, path), media_type="image/png", headers=headers)
+
+    @app.get("/versions/{version}/card", name="card")
+    def card(version: int) -> FileResponse:
+        s = current()
+        try:
+            run_id = version_run_id(s.tracking_uri, s.model_name, str(version))
+        except Exception as exc:  # noqa: BLE001 - no such version, or MLflow unreachable
+            raise HTTPException(404, f"version {version} not available: {exc}") from exc
+        if run_id is None or not RUN_ID.match(run_id):
+            raise HTTPException(404, f"version {version} names no run")
+        # A card is rewritten only when missing (a promotion's retry): cache it briefly.
+        headers = {"Content-Security-Policy": CARD_CSP, "X-Content-Type-Options": "nosniff",
+                   "Cache-Control": "max-age=300"}
+        return FileResponse(fetch(run_id, tracking.CARD_HTML_ARTIFACT),
+                            media_type="text/html; charset=utf-8", headers=headers)
 
     return app
 
@@ -148,4 +190,7 @@ class Links:
 
     def artifact(self, run_id: str, path: str) -> str:
         return self.request.url_for("artifact", run_id=run_id, path=path).path
+
+    def card(self, version: int) -> str:
+        return self.request.url_for("card", version=str(version)).path
 

@@ -66,6 +66,8 @@ class VersionView:
     promoted_at: str | None
     evaluation: EvaluationView | None = None  # None: the run or its evaluation is not found
     plots: dict[str, str] = field(default_factory=dict)  # kind (PLOTS) -> artifact path
+    # The model card's runs:/ URI (the version tag promotion writes); None: no card logged.
+    card: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -145,6 +147,7 @@ def read_history(
                 promoted_at=_iso_text(tags.get(tracking.VERSION_PROMOTED_AT_TAG)),
                 evaluation=evaluations.get(run_id or ""),
                 plots=_find_plots(client, run_id) if wanted and run_id else {},
+                card=tags.get(tracking.VERSION_CARD_TAG) or None,
             )
         )
     return ModelHistory(model_name, tracking_uri, tuple(views), lost)
@@ -210,6 +213,15 @@ def download_artifact(tracking_uri: str, run_id: str, path: str, dst: str) -> st
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri).download_artifacts(run_id, path, dst)
+
+
+def version_run_id(tracking_uri: str, model_name: str, version: str) -> str | None:
+    """The run a registered version was made from (raises if there is no such version)."""
+    from mlflow import MlflowClient
+
+    mv = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(
+        model_name, version)
+    return _run_id(mv)
 
 
 def _find_plots(client: Any, run_id: str) -> dict[str, str]:

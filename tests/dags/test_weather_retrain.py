@@ -21,12 +21,13 @@ from weather_tasks.config import ConfigError
 EXPECTED_UPSTREAM = {
     "ingest": set(),
     "anything_new": {"ingest"},
-    "train": {"ingest", "anything_new"},
+    "screen": {"ingest", "anything_new"},
+    "train": {"screen"},
     "evaluate": {"train"},
-    "promote": {"evaluate"},
+    "promote": {"evaluate", "screen"},
     "report": {"promote"},
 }
-IO_TASKS = ("ingest", "evaluate", "promote")
+IO_TASKS = ("ingest", "screen", "evaluate", "promote")
 
 
 
@@ -397,3 +398,12 @@ def test_transient_failures_are_left_to_airflows_retries(index: int) -> None:
     assert not isinstance(raised, AirflowFailException)
     assert isinstance(raised, PipelineError) and raised.transient
     assert "\n" not in str(raised)
+
+
+def test_screen_runs_before_training_on_the_default_queue(dag: Any) -> None:
+    """Screening embeds with the champion (TensorFlow inside the task), but on a CPU worker:
+    it must not take the GPU queue's slot; it has a timeout like the other long IO tasks."""
+    screen = dag.get_task("screen")
+    assert screen.queue != "gpu"
+    assert screen.execution_timeout is not None
+    assert dag.get_task("train").upstream_task_ids == {"screen"}

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from devtools import local_services
-from weather_tasks import evaluate, metrics, plots, tracking
+from weather_tasks import card, config, evaluate, metrics, plots, storage, tracking
 from weather_tasks.policy import Decision
 
 pytestmark = pytest.mark.e2e
@@ -94,7 +94,9 @@ def _log_training(client, exp_id: str, night: int, name: str, work: Path) -> str
 
 
 @pytest.fixture(scope="module")
-def registered_model(mlflow_server: local_services.Service, tmp_path_factory) -> dict:
+def registered_model(
+    mlflow_server: local_services.Service, s3_server: local_services.Service, tmp_path_factory
+) -> dict:
     """Three nights: v1 (no champion), v2 beats v1, the third run loses to v2 (hostile text)."""
     from mlflow import MlflowClient
 
@@ -139,8 +141,40 @@ def registered_model(mlflow_server: local_services.Service, tmp_path_factory) ->
             versions.append(mv.version)
     client.set_registered_model_alias(name, tracking.PREVIOUS, versions[0])
     client.set_registered_model_alias(name, tracking.CHAMPION, versions[1])
+    # The champion's model card, as promotion writes it (the previous version has none: it
+    # was promoted before cards existed).
+    card_cfg = config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url,
+                               s3_endpoint_url=s3_server.url, bucket=f"ui-{uuid.uuid4().hex[:8]}",
+                               registered_model=name)
+    s3 = storage.make_client(card_cfg)
+    local_services.ensure_bucket(s3, card_cfg.bucket)
+    uri = card.write_card(card_cfg, runs[1], client=client, s3=s3, decision=card.CardDecision(
+        "promoted", "accuracy 0.9375 >= champion", versions[1], versions[0], versions[0]))
+    client.set_model_version_tag(name, versions[1], tracking.VERSION_CARD_TAG, uri)
+    # Night 3's screening of its new photos, as weather_tasks.screen logs it: drift held the
+    # promotion, one suspect label held for review, one in the test split listed only.
+    screening_exp = client.create_experiment(experiment + tracking.SCREENING_EXPERIMENT_SUFFIX)
+    sid = client.create_run(screening_exp, tags={
+        tracking.MANIFEST_VERSION_TAG: "v000003",
+        tracking.AIRFLOW_RUN_ID_TAG: _airflow_run_id(3)}).info.run_id
+    for key, value in {tracking.DRIFT_MMD_P_METRIC: 0.002, "n_new": 16, "n_reference": 48,
+                       "n_suspects": 2}.items():
+        client.log_metric(sid, key, value)
+    client.log_dict(sid, {"hold_reason": "drift: MMD p=0.002 < 0.01 on 16 new photos"},
+                    tracking.SCREENING_ARTIFACT)
+    suspects = [
+        {"sha256": "ab" * 32, "given": "shine", "predicted": "rain", "confidence": 0.97,
+         "split": "train", "held": True},
+        {"sha256": "cd" * 32, "given": HOSTILE_NAME, "predicted": "cloudy", "confidence": 0.91,
+         "split": "test", "held": False},
+    ]
+    client.log_dict(sid, {"manifest_version": "v000003", "suspects": suspects},
+                    tracking.SUSPECT_LABELS_ARTIFACT)
+    client.log_figure(sid, plots.confusion_matrix_figure(np.eye(4, dtype=int), CLASSES, "test"),
+                      tracking.DRIFT_PLOT)
+    client.set_terminated(sid)
     return {"name": name, "experiment": experiment, "champion": (runs[1], versions[1]),
-            "previous": (runs[0], versions[0]), "lost": runs[2]}
+            "previous": (runs[0], versions[0]), "lost": runs[2], "screening": sid}
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +265,10 @@ def test_history_api_has_versions_evaluations_and_lost(
     assert lost["test_accuracy"] == pytest.approx(29 / 32)
     assert lost["champion_accuracy"] == pytest.approx(0.9375)
     assert lost["reasons"][1] == HOSTILE_REASON
+    [screening] = data["screenings"]
+    assert screening["run_id"] == registered_model["screening"]
+    assert screening["mmd_p"] == pytest.approx(0.002) and screening["n_suspects"] == 2
+    assert screening["hold_reason"].startswith("drift: MMD p=0.002")
 
 
 def test_artifact_route_serves_png_and_refuses_others(
@@ -245,6 +283,28 @@ def test_artifact_route_serves_png_and_refuses_others(
                 f"runs/{rid}/artifacts/../../etc/x.png"):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{page_server}/{bad}", timeout=30)
+        assert err.value.code == 404
+
+
+def test_card_route_serves_the_champions_card_self_contained(
+    page_server: str, registered_model: dict
+) -> None:
+    """The version's card: HTML under a policy that allows no request and no script; the card
+    itself has the evaluation's numbers; a version without a card, or none at all, is a 404."""
+    _, champion_version = registered_model["champion"]
+    response = urllib.request.urlopen(f"{page_server}/versions/{champion_version}/card",
+                                      timeout=60)
+    assert response.headers["Content-Type"].startswith("text/html")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "img-src data:" in csp and "sandbox" in csp
+    html = response.read().decode()
+    assert f"version {champion_version}</h1>" in html and "promoted to champion" in html
+    assert "93.8%" in html and "Champion v1</th>" in html
+    assert "http://" not in html and "https://" not in html
+    _, previous_version = registered_model["previous"]
+    for missing in (previous_version, "999"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{page_server}/versions/{missing}/card", timeout=60)
         assert err.value.code == 404
 
 
@@ -282,6 +342,9 @@ def test_page_renders_in_headless_chromium(
     assert "(95% CI 79.9% to 98.3%)" in card
     assert "+12.5 pts" in card and "(95% CI -2.0 pts to +26.0 pts, same test images)" in card
     assert f'href="http://mlflow.example:5000/#/runs/{champion_run}"' in card
+    assert f'<a class="model-card" href="/weather-models/versions/{champion_version}/card"' in card
+    previous_card = _element(dom, f'id="previous" data-version="{previous_version}"', "</section>")
+    assert "no card" in previous_card
     # The Airflow run, under the Airflow base URL the plugin is mounted below (here: /).
     airflow_href = "/dags/weather_retrain/runs/scheduled__2026-01-02T02%3A00%3A00%2B00%3A00"
     assert f'href="{airflow_href}" target="_top">{_airflow_run_id(2)}</a>' in card
@@ -305,6 +368,13 @@ def test_page_renders_in_headless_chromium(
     assert "&lt;script&gt;document.body.dataset.pwned" in lost
     assert "&lt;img src=x onerror=" in lost
     assert "<script" not in dom and "data-pwned" not in dom
+    night = _element(dom, f'<tr data-run-id="{registered_model["screening"]}"', "</tr>")
+    assert "v000003" in night and "16 / 48" in night and '<td class="mmd-p">0.002</td>' in night
+    assert "held</span> drift: MMD p=0.002" in night
+    assert "shine → rain (97.0%)" in night and "<b>held</b>" in night
+    assert "&lt;img src=x onerror=" in night  # the hostile label is shown as text
+    drift_plot = f'/weather-models/runs/{registered_model["screening"]}/artifacts/plots/drift.png'
+    assert f'src="{drift_plot}"' in night
 
 
 def test_links_follow_the_airflow_base_path(

@@ -11,6 +11,8 @@ itself is covered by the decision table in tests/unit/test_policy.py.
 from __future__ import annotations
 
 import json
+import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from devtools import local_services
 from tests.support import mwd_images
 from weather_tasks import (
+    card,
     cli,
     config,
     evaluate,
@@ -159,6 +162,32 @@ def test_tiny_end_to_end(
     assert mv.tags["airflow_run_id"] == "manual__t1"
     assert float(mv.tags["accuracy"]) == pytest.approx(ev1.challenger.accuracy)
 
+    # Evaluate logged both models' answer per test image and the test calibration.
+    preds = tracking.load_run_dict(client, run1, tracking.TEST_PREDICTIONS_ARTIFACT)
+    test_records = manifest.read_manifest(world["s3"], rcfg, version).split("test")
+    assert [p["sha256"] for p in preds["images"]] == [r.sha256 for r in test_records]
+    assert [p["label"] for p in preds["images"]] == [r.label for r in test_records]
+    assert all(p["source_keys"][0].startswith("incoming/") for p in preds["images"])
+    assert all(p["champion"] is None for p in preds["images"])  # no champion yet
+    right = sum(p["challenger"]["predicted"] == p["label"] for p in preds["images"])
+    assert right == round(ev1.challenger.accuracy * ev1.n_test)
+    assert all(0.0 < p["challenger"]["confidence"] <= 1.0 for p in preds["images"])
+    test_report = tracking.load_run_dict(client, run1, tracking.TEST_REPORT_ARTIFACT)
+    assert sum(b["count"] for b in test_report["reliability"]) == ev1.n_test
+    assert client.get_run(run1).data.metrics[tracking.TEST_ECE_METRIC] == pytest.approx(
+        test_report["ece"])
+
+    # Promotion wrote the card on the run and tagged the version with its URI.
+    assert mv.tags[tracking.VERSION_CARD_TAG] == f"runs:/{run1}/{tracking.CARD_HTML_ARTIFACT}"
+    html = _artifact_text(client, run1, tracking.CARD_HTML_ARTIFACT)
+    assert "promoted: the first champion" in html and "No champion to compare with" in html
+    assert f"Manifest <b>{version}</b>" in html and ">12</td>" in html  # 12 shine photos
+    assert not re.findall(r'(?:src|href)="(?!data:)', html)  # self-contained
+    if right < ev1.n_test:  # a 2-epoch model gets some wrong: their thumbnails are shown
+        assert 'src="data:image/jpeg;base64,' in html and card.ATTRIBUTION in html
+    md = _artifact_text(client, run1, tracking.CARD_MARKDOWN_ARTIFACT)
+    assert "## Known weaknesses" in md and f"MLflow run `{run1}`" in md
+
     # Idempotent: promoting the same run again (by run id, as `weather promote RUN_ID`)
     # creates no second version.
     again = registry.promote_if_better(rcfg, run1)
@@ -177,6 +206,13 @@ def test_tiny_end_to_end(
     p2 = registry.promote_if_better(rcfg, run2)
     assert (p2.status, p2.promoted) == ("not_better", False)
     assert _versions(rcfg) == ["1"] and _aliases(rcfg) == {"champion": "1"}
+    # The loser's per-image answers sit next to the champion's, and its card says it lost.
+    preds2 = tracking.load_run_dict(client, run2, tracking.TEST_PREDICTIONS_ARTIFACT)
+    assert all(p["challenger"]["predicted"] is None for p in preds2["images"])  # NaN model
+    assert [p["champion"] for p in preds2["images"]] == [p["challenger"]
+                                                         for p in preds["images"]]
+    html2 = _artifact_text(client, run2, tracking.CARD_HTML_ARTIFACT)
+    assert "not promoted: the champion stays" in html2 and "Champion v1</th>" in html2
 
     # An equally good challenger (a tie, min_delta 0) wins: v2 champion, v1 previous.
     run3 = _log_copy(rcfg, keras_model, version)
@@ -186,6 +222,11 @@ def test_tiny_end_to_end(
     p3 = registry.promote_if_better(rcfg, ev3.as_dict())  # as the DAG passes it via XCom
     assert (p3.status, p3.version, p3.previous_version) == ("promoted", "2", "1")
     assert _aliases(rcfg) == {"champion": "2", "previous": "1"}
+    html3 = _artifact_text(client, run3, tracking.CARD_HTML_ARTIFACT)
+    assert "promoted to champion" in html3 and "+0.0 pts" in html3 and "1.00" in html3
+    if keep := os.environ.get("WEATHER_TEST_ARTIFACTS"):  # opt-in: keep a card to look at
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / "model_card.html").write_text(html3)
 
     # Every promotion released the promotion lease it held.
     locks = world["s3"].list_objects_v2(Bucket=rcfg.bucket, Prefix=rcfg.locks_prefix)
@@ -203,6 +244,17 @@ def test_tiny_end_to_end(
     assert (out["from_version"], out["to_version"], out["changed"]) == ("2", "1", True)
     assert _aliases(rcfg) == {"champion": "1", "previous": "2"}
     assert registry.rollback(rcfg, to_version=1).changed is False
+
+    # `weather card` (default: the champion, now v1 again) writes both files, one line each.
+    out_dir = world["cfg"].work_dir / "cards"
+    assert cli.main(["card", "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out_dir / "model_card.html") in printed and f"run {run1}" in printed
+    saved = (out_dir / "model_card.html").read_text()
+    assert "version 1" in saved and "promoted: the first champion" in saved
+    assert (out_dir / "model_card.md").read_text().startswith("# Model card: ")
+    assert cli.main(["card", "99"]) == 1
+    assert "has no version '99'" in capsys.readouterr().err
     with pytest.raises(registry.RegistryError):
         registry.rollback(rcfg, to_version=99)
 
@@ -258,6 +310,43 @@ def test_broken_champion_does_not_block_a_valid_challenger(
     assert tags["evaluation.champion_error"] == ev.champion_error
     promoted = registry.promote_if_better(rcfg, challenger)
     assert (promoted.status, promoted.version, promoted.previous_version) == ("promoted", "2", "1")
+
+
+def test_a_hold_keeps_the_champion_and_registers_nothing(
+    world: dict[str, Any], rcfg: PipelineConfig
+) -> None:
+    """A winner held for review (the night's drift screening): no version, champion unchanged,
+    status held_for_review (not a failure), the reason says how to promote anyway; its card
+    says it is held. The CLI's promote path never holds."""
+    keras_model = _keras_model(rcfg, world["train"].run_id)
+    version = world["manifest_version"]
+    first = _log_copy(rcfg, keras_model, version)
+    registry.promote_if_better(rcfg, evaluate.evaluate_challenger(rcfg, first, s3=world["s3"]))
+
+    challenger = _log_copy(rcfg, keras_model, version)
+    ev = evaluate.evaluate_challenger(rcfg, challenger, s3=world["s3"])
+    assert ev.promote
+    held = registry.promote_if_better(rcfg, ev, hold_reason="drift in the new photos (p=0.001)")
+    assert (held.status, held.promoted, held.failed, held.version) == (
+        "held_for_review", False, False, None)
+    assert held.reason.startswith("held for review: drift in the new photos (p=0.001)")
+    assert f"`weather promote {challenger}`" in held.reason
+    assert _versions(rcfg) == ["1"] and _aliases(rcfg) == {"champion": "1"}
+    client = tracking.client(rcfg)
+    html = _artifact_text(client, challenger, tracking.CARD_HTML_ARTIFACT)
+    assert "held for review: not promoted yet" in html and "drift in the new photos" in html
+
+    # After review, `weather promote RUN_ID` (no hold) promotes it.
+    promoted = registry.promote_if_better(rcfg, challenger)
+    assert (promoted.status, promoted.version) == ("promoted", "2")
+    assert _aliases(rcfg) == {"champion": "2", "previous": "1"}
+
+
+def _artifact_text(client: Any, run_id: str, path: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
 
 
 def _all_artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:

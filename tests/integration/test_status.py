@@ -112,7 +112,9 @@ def test_status_shows_champion_previous_and_the_newest_night(
     _write(status_cfg, s3, "scheduled__2026-03-02T02:00:00+00:00", hours_ago=2,
            outcome=status.PROMOTED, champion_version=second,
            evaluation={"promote": True, "reasons": ["accuracy 0.84 >= 0.81 + 0.0"]},
-           promotion={"status": "promoted", "reason": "accuracy 0.84 >= 0.81 + 0.0"})
+           promotion={"status": "promoted", "reason": "accuracy 0.84 >= 0.81 + 0.0"},
+           screening={"n_new": 2, "mmd_p": 0.4132, "n_suspects": 1, "held": 0,
+                      "hold_reason": None})
 
     report = status.status(status_cfg, s3)
     assert report.champion and report.previous
@@ -132,7 +134,9 @@ def test_status_shows_champion_previous_and_the_newest_night(
                                "ended ")
     assert lines[3] == ("  ingest: 2 new, 1 accepted, 0 duplicate, quarantined not_an_image=1; "
                         "manifest v000003 (41 images)")
-    assert lines[4] == "  evaluation: promote: accuracy 0.84 >= 0.81 + 0.0"
+    assert lines[4] == ("  screening: 2 new photos, drift MMD p 0.413, 1 suspect labels "
+                        "(0 held for review)")
+    assert lines[5] == "  evaluation: promote: accuracy 0.84 >= 0.81 + 0.0"
     assert lines[-1].startswith("check: ok: night scheduled__2026-03-02T02:00:00+00:00")
 
     assert cli.main(["status", "--json"]) == 0

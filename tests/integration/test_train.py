@@ -132,7 +132,8 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
 
     # Plots and the per-class report.
     artifacts = {a.path for a in client.list_artifacts(report.run_id, "plots")}
-    assert artifacts == {"plots/learning_curve.png", "plots/confusion_matrix_val.png"}
+    assert artifacts == {"plots/learning_curve.png", "plots/confusion_matrix_val.png",
+                         tracking.RELIABILITY_VAL_PLOT}
     for name in artifacts:
         local = Path(mlflow.artifacts.download_artifacts(
             run_id=report.run_id, artifact_path=name, tracking_uri=cfg.mlflow_tracking_uri,
@@ -146,6 +147,40 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
     assert set(class_report["per_class"]) == set(cfg.classes)
     assert class_report["accuracy"] == pytest.approx(report.best_val_accuracy)
 
+    # Calibration: a temperature fitted on val, its metrics and report, the val report of the
+    # calibrated (served) probabilities; the logged model holds the same temperature (below).
+    metrics = run.data.metrics
+    temperature = metrics[tracking.TEMPERATURE_METRIC]
+    assert 0.05 <= temperature <= 20.0
+    assert report.temperature == pytest.approx(temperature)
+    assert 0.0 <= metrics[tracking.VAL_ECE_UNCALIBRATED_METRIC] <= 1.0
+    assert 0.0 <= metrics[tracking.VAL_ECE_METRIC] <= 1.0
+    assert report.val_ece == pytest.approx(metrics[tracking.VAL_ECE_METRIC])
+    assert report.val_ece_uncalibrated == pytest.approx(
+        metrics[tracking.VAL_ECE_UNCALIBRATED_METRIC])
+    calibration_json = mlflow.artifacts.load_dict(
+        f"{run.info.artifact_uri}/{tracking.CALIBRATION_ARTIFACT}"
+    )
+    assert calibration_json["method"] == "temperature scaling"
+    assert calibration_json["fitted_on"] == "val"
+    assert calibration_json["n"] == report.val_images
+    assert calibration_json["temperature"] == pytest.approx(temperature)
+    assert calibration_json["ece_calibrated"] == pytest.approx(metrics[tracking.VAL_ECE_METRIC])
+    for curve in ("reliability_uncalibrated", "reliability_calibrated"):
+        bins = calibration_json[curve]
+        assert len(bins) == calibration_json["bins"] == 15
+        assert sum(b["count"] for b in bins) == report.val_images
+    # T minimizes the val log loss, and T = 1 (uncalibrated) was a candidate.
+    log_losses = (calibration_json["log_loss_calibrated"],
+                  calibration_json["log_loss_uncalibrated"])
+    assert log_losses[0] <= log_losses[1] + 1e-4
+    assert class_report["log_loss"] == pytest.approx(calibration_json["log_loss_calibrated"])
+    print(f"calibration on {report.val_images} val images: T={temperature:.4f}, "
+          f"ECE {metrics[tracking.VAL_ECE_UNCALIBRATED_METRIC]:.4f} -> "
+          f"{metrics[tracking.VAL_ECE_METRIC]:.4f}, log loss "
+          f"{calibration_json['log_loss_uncalibrated']:.4f} -> "
+          f"{calibration_json['log_loss_calibrated']:.4f}")
+
     # A cleared Airflow task (same Airflow run, manifest and settings) trains nothing again.
     again = train.train_model(cfg, "v000001", s3=s3, airflow_run_id="manual__2026-01-01")
     assert again == report
@@ -155,6 +190,7 @@ def test_training_run_is_fully_tracked_and_its_model_loads(
     # The logged model loads as a pyfunc (as a downstream service loads it, with the process
     # pointed at the tracking server) and classifies real photos from their bytes.
     model = mlflow.pyfunc.load_model(report.model_uri)
+    assert model.model_config["temperature"] == pytest.approx(temperature)
     photos = sorted(photo_folder.iterdir())[:5]
     out = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in photos]}))
     assert len(out) == 5
@@ -208,6 +244,9 @@ def test_recipe_options_train_through_the_real_path_and_reach_the_served_model(
 
     model = mlflow.pyfunc.load_model(report.model_uri)
     assert model.model_config["tta_flip"] is True
+    temperature = MlflowClient(cfg.mlflow_tracking_uri).get_run(report.run_id).data.metrics[
+        tracking.TEMPERATURE_METRIC]
+    assert model.model_config["temperature"] == pytest.approx(temperature)
     keras_model = model.unwrap_python_model()._model
     assert keras_model.input_shape == (None, 32, 32, 3)
     photo = sorted(photo_folder.iterdir())[0].read_bytes()

@@ -206,7 +206,7 @@ DAMAGE = {
     "wrong_shape": {"images": []},
     "bad_split": {"split": "bogus"},
     "version_mismatch": {"version": "v000001"},
-    "newer_format": {"format_version": 3},
+    "newer_format": {"format_version": manifest.FORMAT_VERSION + 1},
 }
 PROBLEM = {
     "empty": "damaged: the object is empty (0 bytes)",
@@ -216,7 +216,8 @@ PROBLEM = {
     "wrong_shape": "damaged: images: input should be a valid dictionary (got [])",
     "bad_split": "…: split 'bogus' is not one of train, val, test",
     "version_mismatch": "damaged: version: 'v000001' differs from the object name's v000002",
-    "newer_format": "format_version 3: written by a newer weather-retrain",
+    "newer_format": f"format_version {manifest.FORMAT_VERSION + 1}: written by a newer "
+    "weather-retrain",
 }
 
 

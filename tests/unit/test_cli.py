@@ -245,3 +245,27 @@ def test_version_imports_neither_storage_nor_tracking_libraries() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[0].startswith("weather ")
     assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_native_startup_notices_are_filtered_from_fd2_and_the_rest_passes() -> None:
+    """TensorFlow's C++ notices reach fd 2 before any setting can silence them (seen on
+    AVX-512 Xeons): the quiet CLI drops exactly those lines and keeps the rest, in order."""
+    script = """if True:
+        import os, sys
+        from weather_tasks import cli
+        with cli._native_notices_filtered():
+            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called\\n")
+            os.write(2, b"I0000 00:00:1795932283.724712   26814 port.cc:153] oneDNN on.\\n")
+            os.write(2, b"E0000 00:00:1795932283.7 26814 x.cc:1] a real native error\\n")
+            os.write(2, b"To enable the following instructions: AVX2 FMA, rebuild\\n")
+            print("weather train: error: something failed", file=sys.stderr, flush=True)
+        print("after", file=sys.stderr)
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "E0000 00:00:1795932283.7 26814 x.cc:1] a real native error",
+        "weather train: error: something failed",
+        "after",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -144,3 +145,34 @@ def test_real_photos_decode_as_the_served_model_decodes_them() -> None:
     x, _ = _all(data.make_dataset(pairs, _cfg(image_size=64), training=False))
     for i, (path, _) in enumerate(pairs):
         np.testing.assert_allclose(x[i], _plain(path, 64), atol=1e-6, err_msg=path.name)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "test_split"),
+    [((0.7, 0.15, 0.15), "test"), ((0.8, 0.2), "val")],  # two-way: val doubles as test
+)
+def test_images_held_for_review_leave_train_and_val_never_test(
+    ratios: tuple[float, ...], test_split: str
+) -> None:
+    from weather_tasks.manifest import ImageRecord, Manifest, ReviewNote
+
+    def image(i: int, split: str) -> ImageRecord:
+        sha = f"{i:064x}"
+        return ImageRecord(sha, sha, CLASSES[i % 4], split, "jpg", "JPEG", 40, 40,
+                           (f"incoming/{CLASSES[i % 4]}_{i}.jpg",), "", "v000001")
+
+    splits = ["train"] * 6 + ["val"] * 3 + (["test"] * 3 if len(ratios) == 3 else [])
+    images = {r.sha256: r for r in (image(i, s) for i, s in enumerate(splits))}
+    held = [f"{i:064x}" for i in (0, 1, 6)]  # two train, one val
+    note = ReviewNote("label_issue", "rain", 0.9, "v000002")
+    m = Manifest("v000002", "v000001", "", CLASSES, ratios, 1, images,
+                 review=dict.fromkeys(held, note))
+    records, n_held = data.split_records(m)
+    assert n_held == 3
+    assert [r.sha256 for r in records["train"]] == [f"{i:064x}" for i in range(2, 6)]
+    assert [r.sha256 for r in records["val"]] == [f"{i:064x}" for i in (7, 8)]
+    # The test split is the manifest's, unfiltered (with two-way ratios: all of val).
+    assert records["test"] == m.split(test_split) == m.split("test")
+    assert (held[2] in {r.sha256 for r in records["test"]}) == (len(ratios) == 2)
+    # Nothing held: every image trains.
+    assert data.split_records(replace(m, review={}))[1] == 0

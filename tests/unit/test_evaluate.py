@@ -4,6 +4,7 @@ report labels the challenger's test confusion matrix."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from weather_tasks.evaluate import EvalReport, challenger_test_report
 from weather_tasks.metrics import ClassMetrics, Interval, Metrics, compute_metrics
@@ -68,3 +69,48 @@ def test_challenger_test_report_labels_the_test_matrix() -> None:
     assert out["confusion_matrix"] == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
     assert out["accuracy"] == 0.5 and out["n"] == 4
     assert report.as_dict()["challenger"]["confusion_matrix"] == out["confusion_matrix"]
+
+
+def test_per_image_predictions_name_each_image_and_both_answers() -> None:
+    """One entry per test image: identity, label, source keys, each model's answer; a NaN row
+    is "no answer", a missing champion is None."""
+    from weather_tasks import manifest
+    from weather_tasks.evaluate import per_image_predictions
+
+    records = [manifest.ImageRecord(s * 64, s * 64, label, "test", "jpg", "JPEG", 8, 8,
+                                    (f"incoming/{label}{s}.jpg",), "", "v000001")
+               for s, label in (("a", "shine"), ("b", "rain"))]
+    chal = np.array([[0.7, 0.1, 0.1, 0.1], [np.nan] * 4])
+    champ = np.array([[0.1, 0.1, 0.1, 0.7], [0.1, 0.1, 0.2, 0.6]])
+    out = per_image_predictions(records, chal, champ, CLASSES)
+    assert out[0] == {"sha256": "a" * 64, "label": "shine",
+                      "source_keys": ["incoming/shinea.jpg"],
+                      "challenger": {"predicted": "shine", "confidence": 0.7},
+                      "champion": {"predicted": "rain", "confidence": 0.7}}
+    assert out[1]["challenger"] == {"predicted": None, "confidence": None}
+    assert per_image_predictions(records, chal, None, CLASSES)[0]["champion"] is None
+
+
+def test_test_calibration_reaches_the_test_report_not_the_xcom_dict() -> None:
+    from weather_tasks.evaluate import calibration_of
+
+    y_true = ["shine", "rain", "cloudy", "rain"]
+    probs = np.array([[0.9, 0.05, 0.03, 0.02], [0.1, 0.1, 0.1, 0.7],
+                      [0.6, 0.1, 0.2, 0.1], [np.nan] * 4])
+    cal = calibration_of(probs, y_true, CLASSES)
+    # Three usable rows: 0.9 right, 0.7 right, 0.6 wrong -> |1-.9| + |1-.7| + |0-.6| over 3.
+    assert cal["n"] == 3 and cal["ece"] == pytest.approx((0.1 + 0.3 + 0.6) / 3)
+    assert calibration_of(np.full((2, 4), np.nan), ["shine", "rain"], CLASSES)["ece"] is None
+    challenger = compute_metrics(y_true, probs, CLASSES)
+    report = EvalReport(
+        run_id="r1", model_uri="runs:/r1/model", manifest_version="v000002", n_test=4,
+        challenger=challenger, champion=None, champion_version=None, champion_run_id=None,
+        champion_error=None, mcnemar_p=None, decision=Decision(True, ["ok"]),
+        test_ece=cal["ece"],
+    )
+    out = challenger_test_report(report, CLASSES, cal)
+    assert out["ece"] == cal["ece"] and sum(b["count"] for b in out["reliability"]) == 3
+    small = report.as_dict()
+    assert small["test_ece"] == cal["ece"] and "reliability" not in small
+    assert EvalReport.from_dict(small).test_ece == cal["ece"]
+    assert "test ECE 0.3333" in report.summary()

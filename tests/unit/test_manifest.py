@@ -16,6 +16,7 @@ from weather_tasks.manifest import (
     Manifest,
     ManifestError,
     ObjectRecord,
+    ReviewNote,
     decode_manifest,
 )
 
@@ -24,6 +25,7 @@ URI = "s3://wxb/curated/manifests/v000003.json"
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
 SHA_C = hashlib.sha256(b"c").hexdigest()
+SHA_R = hashlib.sha256(b"r").hexdigest()  # content a person rejected
 
 
 def _image(sha: str, label: str, split: str) -> ImageRecord:
@@ -57,6 +59,8 @@ MANIFEST = Manifest(
         "incoming/x/rain.jpg": ObjectRecord("e4", "quarantined", SHA_C, "conflicting_label"),
     },
     conflicts={SHA_C: ("cloudy", "rain")},
+    review={SHA_A: ReviewNote("confident_contradiction", "cloudy", 0.93, "v000002")},
+    rejected={SHA_R: "a screenshot, not a photo"},
 )
 
 
@@ -82,6 +86,10 @@ def _drop(name: str) -> Callable[[dict[str, Any]], None]:
     return lambda data: data.pop(name)
 
 
+def _note() -> dict[str, Any]:
+    return {"reason": "r", "predicted": "rain", "confidence": 0.9, "flagged_in": "v000002"}
+
+
 def _newline_key(data: dict[str, Any]) -> None:
     data["objects"]["incoming/a\nb.jpg"] = {"etag": "e5", "status": "maybe"}
 
@@ -92,7 +100,16 @@ def _refile(data: dict[str, Any]) -> None:
 
 def test_round_trip() -> None:
     data = MANIFEST.to_json()
-    assert data["format_version"] == FORMAT_VERSION == 2
+    assert data["format_version"] == FORMAT_VERSION == 3
+    assert data["review"] == {
+        SHA_A: {
+            "reason": "confident_contradiction",
+            "predicted": "cloudy",
+            "confidence": 0.93,
+            "flagged_in": "v000002",
+        }
+    }
+    assert data["rejected"] == {SHA_R: "a screenshot, not a photo"}
     assert Manifest.from_json(data) == MANIFEST
     assert Manifest.from_json(json.loads(MANIFEST.encode()), "v000003") == MANIFEST
     assert decode_manifest(CFG, "v000003", MANIFEST.encode()) == MANIFEST
@@ -100,24 +117,39 @@ def test_round_trip() -> None:
 
 def test_format_1_without_format_version_or_conflicts_still_reads() -> None:
     data = MANIFEST.to_json()
-    del data["format_version"], data["conflicts"]
+    del data["format_version"], data["conflicts"], data["review"], data["rejected"]
     read = decode_manifest(CFG, "v000003", json.dumps(data).encode())
-    assert read.conflicts == {}
+    assert read.conflicts == {} and read.review == {} and read.rejected == {}
     assert read.images == MANIFEST.images and read.objects == MANIFEST.objects
-    assert read.to_json()["format_version"] == 2  # written again, it is format 2
+    assert read.to_json()["format_version"] == 3  # written again, it is format 3
 
 
-def test_format_2_requires_conflicts() -> None:
-    with pytest.raises(ManifestError, match="conflicts: missing"):
-        decode_manifest(CFG, "v000003", _doc(_drop("conflicts")))
+def test_format_2_without_review_or_rejected_still_reads() -> None:
+    data = MANIFEST.to_json()
+    data["format_version"] = 2
+    del data["review"], data["rejected"]
+    read = decode_manifest(CFG, "v000003", json.dumps(data).encode())
+    assert read.review == {} and read.rejected == {}
+    assert read.conflicts == MANIFEST.conflicts and read.images == MANIFEST.images
+    assert read.to_json()["format_version"] == 3
+
+
+@pytest.mark.parametrize(("fmt", "name"), [(2, "conflicts"), (3, "review"), (3, "rejected")])
+def test_a_format_requires_the_fields_it_has(fmt: int, name: str) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["format_version"] = fmt
+        del data[name]
+
+    with pytest.raises(ManifestError, match=f"damaged: {name}: missing"):
+        decode_manifest(CFG, "v000003", _doc(change))
 
 
 def test_newer_format_is_refused_as_such() -> None:
     with pytest.raises(ManifestError) as err:
-        decode_manifest(CFG, "v000003", _doc(_set(("format_version",), 3)))
+        decode_manifest(CFG, "v000003", _doc(_set(("format_version",), 4)))
     assert str(err.value) == (
-        f"manifest {URI}: format_version 3: written by a newer weather-retrain (this one reads "
-        "formats 1 to 2); upgrade weather-retrain to read it"
+        f"manifest {URI}: format_version 4: written by a newer weather-retrain (this one reads "
+        "formats 1 to 3); upgrade weather-retrain to read it"
     )
     assert not err.value.transient
 
@@ -193,6 +225,51 @@ TRUNCATED = MANIFEST.encode()[:300]
             _doc(_set(("format_version",), "2")),
             "damaged: format_version '2' is not a positive integer",
         ),
+        (
+            _doc(_set(("review", SHA_C), _note())),
+            f"damaged: review.{SHA_C[:12]}…: not an image of this manifest",
+        ),
+        (
+            _doc(_set(("review", SHA_B), _note())),
+            f"damaged: review.{SHA_B[:12]}…: split 'test' cannot be held (only train or val)",
+        ),
+        (
+            _doc(_set(("review", SHA_A, "predicted"), "snow")),
+            f"damaged: review.{SHA_A[:12]}…: predicted 'snow' is not one of shine, sunrise",
+        ),
+        (
+            _doc(_set(("review", SHA_A, "confidence"), 1.5)),
+            f"damaged: review.{SHA_A[:12]}…: confidence 1.5 is not between 0 and 1",
+        ),
+        (
+            _doc(_set(("review", SHA_A, "confidence"), "high")),
+            f"damaged: review.{SHA_A[:12]}….confidence: input should be a valid number",
+        ),
+        (
+            _doc(_set(("review", SHA_A, "flagged_in"), "yesterday")),
+            f"damaged: review.{SHA_A[:12]}…: flagged_in 'yesterday' is not a manifest version",
+        ),
+        (
+            _doc(lambda data: data["review"][SHA_A].pop("flagged_in")),
+            f"damaged: review.{SHA_A[:12]}….flagged_in: missing",
+        ),
+        (
+            _doc(_set(("review",), [SHA_A])),
+            "damaged: review: input should be a valid dictionary",
+        ),
+        (
+            _doc(_set(("rejected", "abc"), "no")),
+            "damaged: rejected.abc: not a sha256 (64 hex digits)",
+        ),
+        (
+            _doc(_set(("rejected", SHA_A), "no")),
+            f"damaged: rejected.{SHA_A[:12]}…: rejected content is still an image of this "
+            "manifest",
+        ),
+        (
+            _doc(_set(("rejected", SHA_R), None)),
+            f"damaged: rejected.{SHA_R[:12]}…: input should be a valid string",
+        ),
     ],
     ids=lambda v: None if isinstance(v, bytes) else v[:40],
 )
@@ -217,4 +294,5 @@ def test_many_problems_are_counted_not_listed() -> None:
             rec["label"] = "snow"
 
     message = str(pytest.raises(ManifestError, decode_manifest, CFG, "v000003", _doc(damage)).value)
-    assert message.count("is not one of") == 3 and "(and 1 more)" in message
+    # 4 bad values, and the held image's split is not train or val any more: 5 problems.
+    assert message.count("is not one of") == 3 and "(and 2 more)" in message

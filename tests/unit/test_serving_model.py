@@ -1,6 +1,6 @@
 """The pyfunc model's input and output handling (no services): which bytes each row means,
-which requests are malformed as a whole, what a failed row looks like as JSON, and the
-test-time flip (with a tiny Keras model that sees the flip)."""
+which requests are malformed as a whole, what a failed row looks like as JSON, the test-time
+flip (with a tiny Keras model that sees the flip) and the calibration temperature."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
 from tests.support.keras_models import flip_sensitive_model
-from weather_tasks import config, recipe, serving_model
+from weather_tasks import calibration, config, recipe, serving_model
 
 
 @pytest.mark.parametrize(
@@ -140,28 +140,96 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("tta_flip", [False, True])
-def test_the_served_model_averages_the_image_and_its_flip_when_logged_so(
-    tmp_path: Path, tta_flip: bool
-) -> None:
+def _served(tmp_path: Path, **config: Any) -> serving_model.WeatherClassifier:
+    """The pyfunc wrapper around :func:`flip_sensitive_model` (8 px, classes left/right)."""
     path = tmp_path / "model.keras"
-    flip_sensitive_model(8).save(path)
+    if not path.exists():
+        flip_sensitive_model(8).save(path)
     served = serving_model.WeatherClassifier()
     served.load_context(SimpleNamespace(
-        model_config={"classes": ["left", "right"], "image_size": 8, "tta_flip": tta_flip},
+        model_config={"classes": ["left", "right"], "image_size": 8, **config},
         artifacts={"keras_model": str(path)},
     ))
-    pixels = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    images = [_png(p) for p in pixels] + [_png(np.ascontiguousarray(pixels[0, :, ::-1]))]
-    out = served.predict(None, pd.DataFrame({"image": images}))
-    probs = out[["prob_left", "prob_right"]].to_numpy(dtype=np.float64)
+    return served
+
+
+def _pixels(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(2).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+def _served_probs(served: serving_model.WeatherClassifier, pixels: np.ndarray) -> np.ndarray:
+    out = served.predict(None, pd.DataFrame({"image": [_png(p) for p in pixels]}))
+    assert out["error"].isna().all()
+    assert list(out["label"]) == [["left", "right"][i] for i in
+                                  out[["prob_left", "prob_right"]].to_numpy(float).argmax(1)]
+    return out[["prob_left", "prob_right"]].to_numpy(dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    ("tta_flip", "temperature"), [(False, None), (True, None), (False, 2.5), (True, 0.6)]
+)
+def test_the_served_model_predicts_as_training_with_flip_and_temperature(
+    tmp_path: Path, tta_flip: bool, temperature: float | None
+) -> None:
+    """No train/serve skew: the pyfunc's probabilities are the training side's
+    ``recipe.predict_probabilities`` scaled by ``calibration.apply_temperature`` (which training
+    fits and logs with the model); without the key the model is served as before (T = 1)."""
+    extra = {} if temperature is None else {"temperature": temperature}
+    served = _served(tmp_path, tta_flip=tta_flip, **extra)
+    pixels = _pixels()
+    mirror = np.ascontiguousarray(pixels[:1, :, ::-1])
+    probs = _served_probs(served, np.concatenate([pixels, mirror]))
 
     # The training side's prediction of the same (already 8 px) images agrees.
     cfg = config.from_env(environ={}, tta_flip=tta_flip)
     dataset = tf.data.Dataset.from_tensor_slices(
         (pixels.astype(np.float32) / 255, np.zeros((3, 2), np.float32))).batch(3)
-    keras_model = keras.models.load_model(path)
-    np.testing.assert_allclose(probs[:3], recipe.predict_probabilities(keras_model, dataset, cfg),
-                               rtol=1e-5)
+    keras_model = keras.models.load_model(tmp_path / "model.keras")
+    trained = calibration.apply_temperature(
+        recipe.predict_probabilities(keras_model, dataset, cfg), temperature or 1.0)
+    np.testing.assert_allclose(probs[:3], trained, rtol=1e-5)
     # An image and its mirror get one answer exactly when the flip is averaged in.
     assert np.allclose(probs[0], probs[3]) is tta_flip
+
+
+def test_a_temperature_above_one_softens_the_served_probabilities_and_keeps_the_labels(
+    tmp_path: Path,
+) -> None:
+    pixels = _pixels(6)
+    outs = {}
+    for temperature in (1.0, 2.0):
+        served = _served(tmp_path, temperature=temperature)
+        out = served.predict(None, pd.DataFrame({"image": [_png(p) for p in pixels]}))
+        outs[temperature] = out
+    plain = outs[1.0][["prob_left", "prob_right"]].to_numpy(dtype=np.float64)
+    soft = outs[2.0][["prob_left", "prob_right"]].to_numpy(dtype=np.float64)
+    assert list(outs[2.0]["label"]) == list(outs[1.0]["label"])
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-9)
+    assert (soft.max(axis=1) < plain.max(axis=1)).all()
+    assert (soft.max(axis=1) > 0.5).all()  # softer, not flipped
+    # T = 2 on two classes: the odds become their square root.
+    np.testing.assert_allclose(soft[:, 0] / soft[:, 1], np.sqrt(plain[:, 0] / plain[:, 1]),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7, 4.0])
+def test_the_served_temperature_is_training_s_and_keeps_bad_rows_nan(temperature: float) -> None:
+    """serving_model may import nothing from weather_tasks: its copy of apply_temperature must
+    agree with calibration's on good rows, and leave a NaN or infinite row all NaN (reported as
+    ``non_finite``, never a confident answer)."""
+    probs = np.random.default_rng(4).dirichlet(np.ones(4) * 0.3, size=50)
+    probs[3, 0] = 0.0  # a zero probability: clipped the same way on both sides
+    np.testing.assert_allclose(serving_model.apply_temperature(probs, temperature),
+                               calibration.apply_temperature(probs, temperature), atol=1e-12)
+    bad = np.array([[np.nan, 0.5, 0.25, 0.25], [np.inf, 0.0, 0.0, 0.0]])
+    out = serving_model.apply_temperature(bad, temperature)
+    assert not np.isfinite(out).all(axis=1).any()  # what predict checks per row
+    if temperature != 1.0:
+        assert np.isnan(out).all()
+
+
+def test_a_nan_model_output_is_a_non_finite_row_with_a_temperature(tmp_path: Path) -> None:
+    served = _served(tmp_path, temperature=2.0)
+    served._model.set_weights([np.full_like(w, np.nan) for w in served._model.get_weights()])
+    out = served.predict(None, pd.DataFrame({"image": [_png(_pixels(1)[0])]}))
+    assert out["error_code"][0] == serving_model.NON_FINITE and out["prob_left"][0] is None

@@ -44,6 +44,46 @@ def test_night_summary_outcome(
     assert summary["ended_at"] is None  # stamped when recorded
 
 
+def test_night_summary_keeps_the_screening_small() -> None:
+    screened = {"screened_version": "v000004", "manifest_version": "v000005", "n_new": 9,
+                "n_reference": 120, "mmd_p": 0.002, "mmd2": 0.1, "n_suspects": 2, "held": 1,
+                "hold_reason": "drift: ...", "run_id": "r", "note": None,
+                "champion_version": "3"}
+    summary = status.night_summary(
+        airflow_run_id="scheduled__x", logical_date=NOW, started_at=NOW, ingested=None,
+        screened=screened, trained={"run_id": "t"}, evaluation=None, promoted=None,
+        forced=False,
+    )
+    assert summary["screening"]["held"] == 1 and summary["screening"]["mmd_p"] == 0.002
+    assert "mmd2" not in summary["screening"] and "note" not in summary["screening"]
+    skipped = status.night_summary(
+        airflow_run_id="scheduled__y", logical_date=NOW, started_at=NOW, ingested=None,
+        trained=None, evaluation=None, promoted=None, forced=False,
+    )
+    assert skipped["screening"] is None
+
+
+@pytest.mark.parametrize(
+    ("screening", "line"),
+    [
+        ({"n_new": 9, "mmd_p": 0.4567, "n_suspects": 0, "held": 0, "hold_reason": None},
+         "9 new photos, drift MMD p 0.457, 0 suspect labels (0 held for review)"),
+        ({"n_new": 3, "mmd_p": None, "n_suspects": None, "held": None, "hold_reason": None},
+         "3 new photos, drift not tested, 0 suspect labels (0 held for review)"),
+        ({"n_new": 12, "mmd_p": 0.002, "n_suspects": 4, "held": 3,
+          "hold_reason": "drift: p 0.002 < 0.01"},
+         "12 new photos, drift MMD p 0.002, 4 suspect labels (3 held for review); promotion "
+         "held: drift: p 0.002 < 0.01"),
+    ],
+)
+def test_screening_line(screening: dict[str, Any], line: str) -> None:
+    assert status.screening_line(screening) == line
+    night = status.Night("nights/x.json", {"airflow_run_id": "scheduled__x",
+                                           "outcome": "promoted", "ended_at": NOW.isoformat(),
+                                           "screening": screening})
+    assert night.lines()[1] == f"  screening: {line}"
+
+
 def _night(hours_ago: float, outcome: str = "promoted") -> status.Night:
     ended = (NOW - timedelta(hours=hours_ago)).isoformat()
     return status.Night("nights/x.json", {"airflow_run_id": "scheduled__x", "outcome": outcome,
