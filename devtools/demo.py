@@ -592,6 +592,16 @@ def _night_lines(
         )
         if q:
             out.append(f"          rejected files and reasons: s3://{s.bucket}/quarantine/")
+    sc = report.get("screening")
+    if sc:
+        p = sc.get("mmd_p")
+        drift = (f"drift MMD p={p:.3g}" if p is not None
+                 else f"drift not tested ({sc.get('note') or 'no champion yet'})")
+        out.append(
+            f"  screen: {sc.get('n_new')} new photos vs the training photos: {drift}; "
+            f"{sc.get('n_suspects') or 0} suspect label(s), {sc.get('held') or 0} held for "
+            f"review" + (f"; HOLD: {sc['hold_reason']}" if sc.get("hold_reason") else "")
+        )
     tr = report.get("train")
     if tr:
         out.append(

@@ -19,7 +19,7 @@ from typing import Any
 from devtools.airflow_api import AirflowApi, ApiError
 
 DAG_ID = "weather_retrain"
-TASK_ORDER = ("ingest", "anything_new", "train", "evaluate", "promote", "report")
+TASK_ORDER = ("ingest", "anything_new", "screen", "train", "evaluate", "promote", "report")
 _ENDED = ("success", "failed")
 
 

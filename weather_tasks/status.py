@@ -42,7 +42,7 @@ OUTCOMES = (PROMOTED, NOT_PROMOTED, NOTHING_NEW, FAILED)
 _INGEST_KEYS = ("listed", "new", "accepted", "duplicate", "quarantined", "quarantined_total",
                 "requarantined", "manifest_version", "previous_version", "images_total",
                 "seconds", "warnings")
-_SCREENING_KEYS = ("screened_version", "manifest_version", "n_new", "n_reference", "mmd_p",
+_SCREENING_KEYS = ("screened_version", "manifest_version", "n_new", "n_reference", "note", "mmd_p",
                    "n_suspects", "held", "hold_reason", "run_id")
 _TRAIN_KEYS = ("run_id", "model_uri", "manifest_version", "model", "image_size", "epochs_run",
                "best_val_accuracy", "train_seconds")
