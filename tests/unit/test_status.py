@@ -55,7 +55,8 @@ def test_night_summary_keeps_the_screening_small() -> None:
         forced=False,
     )
     assert summary["screening"]["held"] == 1 and summary["screening"]["mmd_p"] == 0.002
-    assert "mmd2" not in summary["screening"] and "note" not in summary["screening"]
+    assert "mmd2" not in summary["screening"] and "champion_version" not in summary["screening"]
+    assert summary["screening"]["note"] is None  # kept: it says why a test was not done
     skipped = status.night_summary(
         airflow_run_id="scheduled__y", logical_date=NOW, started_at=NOW, ingested=None,
         trained=None, evaluation=None, promoted=None, forced=False,
