@@ -113,7 +113,7 @@ def test_cli_flags_come_from_the_declarations() -> None:
     assert set(train) == {"--recipe", "--model", "--image-size", "--epochs", "--batch-size",
                           "--precision"}
     assert train["--epochs"]["type"] is int and "$WEATHER_EPOCHS" in train["--epochs"]["help"]
-    assert train["--recipe"]["choices"] == ("default", "seed")
+    assert train["--recipe"]["choices"] == ("default", "seed", "cpu")
     assert set(dict(config.cli_flags("evaluate"))) == {"--min-delta", "--non-inferiority-margin"}
     assert config.cli_flags("ingest") == []
 
@@ -218,8 +218,16 @@ def test_the_default_recipe_is_the_current_defaults() -> None:
     tuned = config.from_env(environ={"WEATHER_WEIGHT_DECAY": "0.01", "WEATHER_EPOCHS": "9"})
     back = config.override(tuned, recipe="default")
     assert _recipe_of(back) == _recipe_of(config.from_env(environ={}))
-    with pytest.raises(ConfigError, match="WEATHER_RECIPE.*default, seed"):
+    with pytest.raises(ConfigError, match="WEATHER_RECIPE.*default, seed, cpu"):
         config.from_env(environ={"WEATHER_RECIPE": "fast"})
+
+
+def test_the_cpu_recipe_is_the_defaults_at_128_px_for_60_epochs() -> None:
+    tuned = config.from_env(environ={"WEATHER_LABEL_SMOOTHING": "0.1", "WEATHER_EPOCHS": "9"})
+    cpu = config.override(tuned, recipe="cpu")
+    defaults = _recipe_of(config.from_env(environ={}))
+    assert _recipe_of(cpu) == defaults | {"image_size": 128, "epochs": 60}
+    assert _recipe_of(config.override(tuned, recipe="cpu", epochs=20))["epochs"] == 20
 
 
 @pytest.mark.parametrize(
