@@ -164,3 +164,16 @@ def mlflow_server(
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_process(mlflow_server: local_services.Service) -> Iterator[None]:
+    """This process tracks to the session's MLflow server, set as an entry point sets it
+    (restored after the module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.setenv(name, "")
+        tracking.configure_process(
+            config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url)
+        )
+        yield

@@ -47,7 +47,7 @@ SEED_RECIPE: dict[str, Any] = {
 }
 # "cpu": the best accuracy measured within 30 minutes of training on a 2-core CPU (README,
 # "Presets"): the default recipe at 128 px for 60 epochs (250 px x 100 epochs would take
-# about 11 hours there).
+# about 3 hours there).
 CPU_RECIPE_CHANGES: dict[str, Any] = {"image_size": 128, "epochs": 60}
 # "default": this project's current defaults (each field's default); "seed": SEED_RECIPE;
 # "cpu": the defaults with CPU_RECIPE_CHANGES.

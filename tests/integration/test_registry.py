@@ -14,7 +14,6 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,6 @@ from weather_tasks.config import PipelineConfig
 pytestmark = pytest.mark.integration
 
 PER_CLASS = 12
-
-
-@pytest.fixture(scope="module")
-def mlflow_process(mlflow_server: local_services.Service) -> Iterator[None]:
-    """This process tracks to the session's MLflow server, set as an entry point sets it."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            mp.setenv(name, "")  # restored after the module
-        tracking.configure_process(
-            config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url)
-        )
-        yield
 
 
 @pytest.fixture(scope="module")

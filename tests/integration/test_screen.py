@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,6 @@ NIGHT_PER_CLASS = 4
 # new images (split.incremental_split), and the test must see a test-split suspect.
 SUSPECT_NIGHT_PER_CLASS = 8
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def mlflow_process(mlflow_server: local_services.Service) -> Iterator[None]:
-    """This process tracks to the session's MLflow server, set as an entry point sets it."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            mp.setenv(name, "")  # restored after the module
-        tracking.configure_process(
-            config.from_env(environ={}, mlflow_tracking_uri=mlflow_server.url)
-        )
-        yield
 
 
 @pytest.fixture(scope="module")
