@@ -64,7 +64,6 @@ STATISTICS = ("brightness", "contrast", "saturation", "width", "height", "aspect
 _STATS_SIDE = 256
 _EMBED_BATCH = 32
 THUMB_SIDE = 128
-THUMBS_DIR = "screening/thumbs"  # <sha256>.jpg of each suspect, for the page and the run
 # Fallback when cleanlab's confident learning cannot run: a photo is suspect when the champion
 # predicts another class and the given label's probability (cleanlab's self-confidence label
 # quality) is below this.
@@ -561,7 +560,7 @@ def _log_run(
             with tempfile.TemporaryDirectory(prefix="weather-thumbs-") as tmp:
                 for sha, jpeg in thumbs.items():
                     (Path(tmp) / f"{sha}.jpg").write_bytes(jpeg)
-                mlflow.log_artifacts(tmp, THUMBS_DIR)
+                mlflow.log_artifacts(tmp, tracking.SUSPECT_THUMBS_DIR)
         # Last thing in the run: a finished run with this file is a complete screening.
         mlflow.log_dict(report.full_dict(), tracking.SCREENING_ARTIFACT)
     return report

@@ -106,6 +106,7 @@ TEST_ECE_METRIC = "test_ece"
 SCREENING_EXPERIMENT_SUFFIX = "-screening"
 SCREENING_ARTIFACT = "screening/screening.json"
 SUSPECT_LABELS_ARTIFACT = "screening/suspect_labels.json"
+SUSPECT_THUMBS_DIR = "screening/thumbs"  # <sha256>.jpg of each suspect (the page shows them)
 DRIFT_PLOT = "plots/drift.png"
 DRIFT_MMD_P_METRIC = "drift_mmd_p"
 

@@ -8,7 +8,8 @@ Routes (under the plugin's ``url_prefix``, e.g. ``/weather-models``):
   Then each night's screening of its new photos (``weather_ui.screening``): drift test, hold,
   suspect labels, the drift plot.
 - ``GET /api/history``: the same data as JSON (``screenings`` beside the history).
-- ``GET /runs/{run_id}/artifacts/{path}``: a PNG artifact of a run, fetched from MLflow.
+- ``GET /runs/{run_id}/artifacts/{path}``: a PNG or JPEG artifact of a run (plots, suspect
+  thumbnails), fetched from MLflow.
 - ``GET /versions/{version}/card``: the version's model card (``weather_tasks.card``), the
   self-contained HTML promotion logged on its run, served under a Content-Security-Policy
   that allows no request at all (its figures are ``data:`` URIs, its CSS inline) and no script.
@@ -42,6 +43,8 @@ from weather_ui.history import (
 )
 from weather_ui.screening import read_screenings
 
+# The artifacts the page shows (plots, suspect thumbnails), by file extension.
+IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 # The card is self-contained: nothing to load, nothing to run; sandboxed like a foreign page.
 CARD_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'self'; sandbox")
@@ -113,7 +116,7 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
             s.tracking_uri, s.experiment_name + tracking.SCREENING_EXPERIMENT_SUFFIX
         )
         context = {"history": history, "links": Links(s, request), "lost_limit": LOST_LIMIT,
-                   "screenings": screenings}
+                   "screenings": screenings, "thumbs_dir": tracking.SUSPECT_THUMBS_DIR}
         return _TEMPLATES.TemplateResponse(request, "page.html", context)
 
     @app.get("/api/history")
@@ -143,10 +146,11 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
 
     @app.get("/runs/{run_id}/artifacts/{path:path}", name="artifact")
     def artifact(run_id: str, path: str) -> FileResponse:
-        if not RUN_ID.match(run_id) or ".." in path.split("/") or not path.endswith(".png"):
-            raise HTTPException(404, "only PNG artifacts of MLflow runs are served")
-        headers = {"Cache-Control": "max-age=3600"}
-        return FileResponse(fetch(run_id, path), media_type="image/png", headers=headers)
+        media = IMAGE_TYPES.get(path.rpartition(".")[2])
+        if not RUN_ID.match(run_id) or ".." in path.split("/") or media is None:
+            raise HTTPException(404, "only PNG and JPEG artifacts of MLflow runs are served")
+        headers = {"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(fetch(run_id, path), media_type=media, headers=headers)
 
     @app.get("/versions/{version}/card", name="card")
     def card(version: int) -> FileResponse:

@@ -172,6 +172,9 @@ def registered_model(
                     tracking.SUSPECT_LABELS_ARTIFACT)
     client.log_figure(sid, plots.confusion_matrix_figure(np.eye(4, dtype=int), CLASSES, "test"),
                       tracking.DRIFT_PLOT)
+    thumb = work / f"{'ab' * 32}.jpg"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(thumb, "JPEG")
+    client.log_artifact(sid, str(thumb), tracking.SUSPECT_THUMBS_DIR)
     client.set_terminated(sid)
     return {"name": name, "experiment": experiment, "champion": (runs[1], versions[1]),
             "previous": (runs[0], versions[0]), "lost": runs[2], "screening": sid}
@@ -279,6 +282,12 @@ def test_artifact_route_serves_png_and_refuses_others(
         f"{page_server}/runs/{rid}/artifacts/{tracking.CONFUSION_MATRIX_TEST_PLOT}", timeout=60
     ).read()
     assert Image.open(io.BytesIO(body)).format == "PNG"
+    thumb = f"{tracking.SUSPECT_THUMBS_DIR}/{'ab' * 32}.jpg"
+    with urllib.request.urlopen(
+        f"{page_server}/runs/{registered_model['screening']}/artifacts/{thumb}", timeout=60
+    ) as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(response.read())).size == (96, 64)
     for bad in (f"runs/{rid}/artifacts/model/MLmodel", "runs/not-a-run/artifacts/x.png",
                 f"runs/{rid}/artifacts/../../etc/x.png"):
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -375,6 +384,8 @@ def test_page_renders_in_headless_chromium(
     assert "&lt;img src=x onerror=" in night  # the hostile label is shown as text
     drift_plot = f'/weather-models/runs/{registered_model["screening"]}/artifacts/plots/drift.png'
     assert f'src="{drift_plot}"' in night
+    thumb = f'/weather-models/runs/{registered_model["screening"]}/artifacts/screening/thumbs/'
+    assert f'<img class="thumb" alt="" src="{thumb}{"ab" * 32}.jpg">' in night
 
 
 def test_links_follow_the_airflow_base_path(
