@@ -423,8 +423,21 @@ def _champion_view(
     if mv is None:
         return _replace(report, note=NO_CHAMPION), []
     champion_version = str(mv.version)
-    model = serving.load_model(tracking.version_uri(cfg.registered_model, champion_version), cfg)
-    mmd2, mmd_p = mmd_permutation_test(embed(model, new_paths), embed(model, ref_paths))
+    try:
+        model = serving.load_model(
+            tracking.version_uri(cfg.registered_model, champion_version), cfg
+        )
+        new_embedded, ref_embedded = embed(model, new_paths), embed(model, ref_paths)
+    except Exception as exc:  # noqa: BLE001 - as evaluate: a broken champion is reported, and
+        # the night goes on (training a new model is the cure); an unreachable server is not
+        # the champion's fault and stays the transient error it is.
+        if tracking.tracking_error(exc, cfg) is not None:
+            raise
+        problem = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("CHAMPION %s v%s CANNOT BE USED for screening: %s", cfg.registered_model,
+                    champion_version, problem)
+        return _replace(report, note=f"champion v{champion_version} unusable: {problem}"), []
+    mmd2, mmd_p = mmd_permutation_test(new_embedded, ref_embedded)
     new_frame = serving.predictions_frame(model, new_paths)
     ref_frame = serving.predictions_frame(model, ref_paths)
     classes = [c.removeprefix("prob_") for c in new_frame.columns if c.startswith("prob_")]

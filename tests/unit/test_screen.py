@@ -229,3 +229,29 @@ def test_drift_figure_has_a_panel_per_statistic_and_the_p_value() -> None:
     no_champion = plots.drift_figure(stats[:1], stats[1:])
     assert "not tested" in no_champion.get_suptitle()
     assert len([ax for ax in no_champion.axes if ax.get_visible()]) == len(screen.STATISTICS)
+
+
+def test_a_champion_that_cannot_be_loaded_is_reported_and_the_night_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As in evaluate: a broken champion must not stop the night whose training replaces it;
+    the screening says why it has no drift test and no suspects."""
+    from types import SimpleNamespace
+
+    from weather_tasks import serving, tracking
+
+    def broken(uri: str, cfg: config.PipelineConfig) -> None:
+        raise OSError(f"{uri}: model directory is damaged")
+
+    monkeypatch.setattr(tracking, "client", lambda cfg: None)
+    monkeypatch.setattr(tracking, "alias_model_version",
+                        lambda client, name, alias: SimpleNamespace(version=7))
+    monkeypatch.setattr(serving, "load_model", broken)
+    cfg = config.from_env(environ={})
+    report = screen.ScreenReport(screened_version="v000002", manifest_version="v000002",
+                                 n_new=1, n_reference=1)
+    out, confidences = screen._champion_view(cfg, None, None, report, [], [], [], [])
+    assert confidences == [] and out.mmd_p is None and out.suspects == ()
+    assert out.note == ("champion v7 unusable: OSError: models:/weather-classifier/7: model "
+                        "directory is damaged")
+    assert out.manifest_version == "v000002"  # nothing held
