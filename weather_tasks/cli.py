@@ -87,6 +87,8 @@ READS: dict[str, tuple[str, ...]] = {
     "screen": (*_S3, *_DATASET, "work_dir", "parallelism", *_MLFLOW, "experiment_name",
                "registered_model", "drift_hold_p_value", "suspect_labels"),
     "review": (*_S3, "curated_prefix", "quarantine_prefix", "parallelism"),
+    "serve": (*_MLFLOW, "registered_model", "serve_poll_seconds", "serve_max_request_bytes",
+              "serve_log_sample", *_S3, "predictions_prefix"),
 }
 
 
@@ -162,6 +164,12 @@ def cmd_predict(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
 
     model_uri = args.model_uri or tracking.champion_uri(cfg.registered_model)
     return serving.predict_files(model_uri, args.images, cfg)
+
+
+def cmd_serve(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
+    from weather_tasks import endpoint
+
+    return endpoint.serve(cfg, host=args.host, port=args.port)
 
 
 def cmd_screen(cfg: PipelineConfig, args: argparse.Namespace) -> Any:
@@ -344,6 +352,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-uri", default=None, help="models:/<name>/<version>, "
                     "models:/<name>@<alias> or runs:/<run id>/model (default: "
                     "models:/$WEATHER_REGISTERED_MODEL@champion)")
+    sp = add("serve", cmd_serve, "serve the champion over HTTP, following @champion",
+             "Serve models:/<name>@champion over HTTP (MLflow's scoring protocol: POST "
+             "/invocations with base64 images; GET /ping, /version, /metrics). The alias is "
+             "polled every WEATHER_SERVE_POLL_SECONDS; a new champion is loaded beside the "
+             "served one and swapped in without failing a request. A sample of predictions "
+             "(WEATHER_SERVE_LOG_SAMPLE) is logged to the bucket. Runs until interrupted.",
+             ["weather serve", "weather serve --host 0.0.0.0 --port 8080"])
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default: 127.0.0.1, this machine only)")
+    sp.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     sp = add("status", cmd_status, "the champion, the previous version and the last night",
              "The champion and previous versions (accuracy, manifest, promotion date, run) "
              "from MLflow, and the newest night summary the DAG's report task wrote to the "

@@ -126,6 +126,10 @@ class PipelineConfig:
                                  **_REQUIRED)
     nights_prefix: str = _setting("nights/", "each night's summary (the DAG's report task "
                                   "writes it, weather status reads it)", **_REQUIRED)
+    predictions_prefix: str = _setting(
+        "predictions/", "the serving endpoint's sampled prediction log (JSON lines per day)",
+        **_REQUIRED,
+    )
     s3_endpoint_url: str | None = _setting(
         None, "S3 endpoint for MinIO or a local server (empty: AWS)"
     )
@@ -263,6 +267,19 @@ class PipelineConfig:
     status_max_age_hours: float = _setting(
         26.0, "weather status --check fails when the newest night summary is older (hours)",
         minimum=0, maximum=24 * 366, exclusive=True,
+    )
+    # The serving endpoint (weather_tasks/endpoint.py, `weather serve`).
+    serve_poll_seconds: float = _setting(
+        30.0, "seconds between the endpoint's checks of @champion (a move is served after at "
+        "most this plus a load)", minimum=0.1, maximum=86_400,
+    )
+    serve_max_request_bytes: int = _setting(
+        20 * 1024 * 1024, "largest /invocations body the endpoint reads (bytes; larger: 413)",
+        minimum=1, maximum=1024**3,
+    )
+    serve_log_sample: float = _setting(
+        0.01, "fraction of requests whose predictions the endpoint logs to the bucket "
+        "(predictions_prefix; 0: off)", minimum=0, maximum=1,
     )
 
     def __post_init__(self) -> None:
@@ -525,7 +542,7 @@ def _validate(c: PipelineConfig) -> None:
         f"{c.bucket!r} is not a valid bucket name (3-63 lower-case characters)",
     )
     for name in ("incoming_prefix", "curated_prefix", "quarantine_prefix", "locks_prefix",
-                 "nights_prefix"):
+                 "nights_prefix", "predictions_prefix"):
         value = getattr(c, name)
         _require(
             value.endswith("/") and not value.startswith("/"),
@@ -533,7 +550,7 @@ def _validate(c: PipelineConfig) -> None:
             f"{value!r} must end with '/' and not start with it",
         )
     prefixes = [c.incoming_prefix, c.curated_prefix, c.quarantine_prefix, c.locks_prefix,
-                c.nights_prefix]
+                c.nights_prefix, c.predictions_prefix]
     for a in prefixes:
         for b in prefixes:
             _require(
