@@ -223,8 +223,8 @@ def test_wrong_class_names_are_suspects_and_test_photos_are_never_held(
     client = tracking.client(cfg)
     listed = tracking.load_run_dict(client, report.run_id, tracking.SUSPECT_LABELS_ARTIFACT)
     assert {s["sha256"] for s in listed["suspects"]} == {s.sha256 for s in report.suspects}
-    thumbs = {a.path for a in client.list_artifacts(report.run_id, screen.THUMBS_DIR)}
-    assert thumbs == {f"{screen.THUMBS_DIR}/{s.sha256}.jpg" for s in report.suspects}
+    thumbs = {a.path for a in client.list_artifacts(report.run_id, tracking.SUSPECT_THUMBS_DIR)}
+    assert thumbs == {f"{tracking.SUSPECT_THUMBS_DIR}/{s.sha256}.jpg" for s in report.suspects}
     # A retry of the same Airflow run holds nothing twice: the same version comes back.
     again = screen.screen_night(cfg, s3, "v000002", airflow_run_id="scheduled__suspects")
     assert again.manifest_version == report.manifest_version
