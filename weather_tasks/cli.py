@@ -358,9 +358,10 @@ def _parser() -> argparse.ArgumentParser:
              "polled every WEATHER_SERVE_POLL_SECONDS; a new champion is loaded beside the "
              "served one and swapped in without failing a request. A sample of predictions "
              "(WEATHER_SERVE_LOG_SAMPLE) is logged to the bucket. Runs until interrupted.",
-             ["weather serve", "weather serve --host 0.0.0.0 --port 8080"])
+             ["weather serve", "weather serve --port 9000"])
     sp.add_argument("--host", default="127.0.0.1",
-                    help="address to bind (default: 127.0.0.1, this machine only)")
+                    help="address to bind (default: 127.0.0.1, this machine only; give "
+                    "another interface's address to serve other machines)")
     sp.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     sp = add("status", cmd_status, "the champion, the previous version and the last night",
              "The champion and previous versions (accuracy, manifest, promotion date, run) "
