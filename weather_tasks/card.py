@@ -400,9 +400,10 @@ def sources(m: manifest.Manifest, incoming_prefix: str) -> list[dict[str, Any]]:
 
 
 def _version_number(version: str | None) -> int:
+    """A version's number; -1 for none or a name that is not a version (an MLflow tag)."""
     try:
-        return int(str(version).lstrip("v"))
-    except ValueError:
+        return manifest.version_number(str(version))
+    except manifest.ManifestError:
         return -1
 
 

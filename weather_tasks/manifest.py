@@ -242,11 +242,16 @@ def empty_manifest(cfg: PipelineConfig) -> Manifest:
     )
 
 
-def next_version(version: str) -> str:
+def version_number(version: str) -> int:
+    """The number of a version name (``v000012`` -> 12); ManifestError for another name."""
     match = _VERSION_RE.match(version)
     if not match:
         raise ManifestError(f"not a manifest version: {version!r}")
-    return f"v{int(match.group(1)) + 1:06d}"
+    return int(match.group(1))
+
+
+def next_version(version: str) -> str:
+    return f"v{version_number(version) + 1:06d}"
 
 
 def manifest_key(cfg: PipelineConfig, version: str) -> str:
@@ -271,7 +276,7 @@ def list_versions(s3: S3Client, cfg: PipelineConfig) -> list[str]:
             name = obj["Key"][len(cfg.manifests_prefix) :].removesuffix(".json")
             if _VERSION_RE.match(name):
                 versions.append(name)
-    return sorted(versions, key=lambda v: int(v[1:]))
+    return sorted(versions, key=version_number)
 
 
 def latest_version(s3: S3Client, cfg: PipelineConfig) -> str | None:

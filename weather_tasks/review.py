@@ -207,7 +207,7 @@ def pending(m: Manifest) -> list[Pending]:
                 reason=note.reason,
             )
         )
-    return sorted(out, key=lambda p: (int(p.flagged_in[1:]), p.sha256))
+    return sorted(out, key=lambda p: (mf.version_number(p.flagged_in), p.sha256))
 
 
 def accept(s3: S3Client, cfg: PipelineConfig, sha256s: Iterable[str]) -> Manifest:

@@ -351,7 +351,7 @@ def reference_sample(m: Manifest, version: str, limit: int = REFERENCE_MAX) -> l
     trained on, so they are not reference either."""
     before = [r for r in m.images.values()
               if r.split == "train" and r.sha256 not in m.review
-              and _version_number(r.first_version) < _version_number(version)]
+              and manifest.version_number(r.first_version) < manifest.version_number(version)]
     return sorted(before, key=lambda r: r.sha256)[:limit]
 
 
@@ -619,10 +619,6 @@ def _finished_report(
 
 def _replace(report: ScreenReport, **changes: Any) -> ScreenReport:
     return replace(report, **changes)
-
-
-def _version_number(version: str) -> int:
-    return int(version.lstrip("v") or 0)
 
 
 def _mix_text(mix: Mapping[str, float]) -> str:
