@@ -175,6 +175,29 @@ def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60)
     )
 
 
+@dataclass(frozen=True)
+class MlflowAccounts:
+    """The basic-auth accounts of an MLflow server: the pipeline's, which is the admin (it
+    trains, registers and moves aliases), and a read-only one (serving, people)."""
+
+    pipeline_username: str
+    pipeline_password: str = field(repr=False)
+    reader_username: str
+    reader_password: str = field(repr=False)
+
+    def pipeline_env(self) -> dict[str, str]:
+        """MLflow's client variables for the pipeline's account."""
+        return _mlflow_credentials(self.pipeline_username, self.pipeline_password)
+
+    def reader_env(self) -> dict[str, str]:
+        """MLflow's client variables for the read-only account."""
+        return _mlflow_credentials(self.reader_username, self.reader_password)
+
+
+def _mlflow_credentials(username: str, password: str) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+
 def start_mlflow_server(
     log_dir: Path,
     backend_store_uri: str,
@@ -182,11 +205,14 @@ def start_mlflow_server(
     s3_endpoint_url: str | None,
     port: int | None = None,
     timeout: float = 120,
+    auth: MlflowAccounts | None = None,
 ) -> Service:
     """An MLflow tracking server + registry; artifacts proxied to ``artifacts_destination``.
 
     ``backend_store_uri``: ``sqlite:///path.db`` or ``postgresql://...``.
     ``artifacts_destination``: e.g. ``s3://bucket/mlflow`` (the S3 server at ``s3_endpoint_url``).
+    ``auth``: MLflow's basic-auth app (users in ``log_dir/mlflow-auth.db``): the pipeline's
+    account is the admin; the reader is created with the default permission, READ.
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -208,7 +234,59 @@ def start_mlflow_server(
         "--workers",
         "1",
     ]
-    return _start("mlflow", cmd, url, "/health", log_dir, env, timeout)
+    if auth is None:
+        return _start("mlflow", cmd, url, "/health", log_dir, env, timeout)
+    config_path = log_dir / "mlflow-auth.ini"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{log_dir / 'mlflow-auth.db'}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    # The admin is created on the first start only; a later start with another password keeps
+    # the stored one (rotation is MLflow's update-password API). The auth app refuses to start
+    # without a key to sign its CSRF tokens with.
+    env.update(
+        MLFLOW_AUTH_CONFIG_PATH=str(config_path),
+        MLFLOW_AUTH_ADMIN_USERNAME=auth.pipeline_username,
+        MLFLOW_AUTH_ADMIN_PASSWORD=auth.pipeline_password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
+    service = _start(
+        "mlflow", [*cmd, "--app-name", "basic-auth"], url, "/health", log_dir, env, timeout
+    )
+    try:
+        _create_reader(url, auth)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def _create_reader(url: str, auth: MlflowAccounts) -> None:
+    """The read-only account, created by the admin; an existing one gets ``auth``'s password."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    # MLflow's clients take credentials from the environment only: the admin's, for this call.
+    admin = auth.pipeline_env()
+    saved = {name: os.environ.get(name) for name in admin}
+    os.environ.update(admin)
+    try:
+        client = AuthServiceClient(url)
+        try:
+            client.create_user(auth.reader_username, auth.reader_password)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            client.update_user_password(auth.reader_username, auth.reader_password)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_model_server(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 import urllib.parse
 from collections.abc import Mapping
@@ -524,6 +525,39 @@ def _check_declared(c: PipelineConfig) -> None:
                 _require(ok, name, f"{value} not in [{low}, {high}]")
 
 
+# Where each URL setting's credentials belong instead of its user:password@.
+_CREDENTIALS_HINT = {
+    "s3_endpoint_url": "remove them and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+    "(or the Airflow connection) instead",
+    "mlflow_tracking_uri": "remove them and set MLFLOW_TRACKING_USERNAME / "
+    "MLFLOW_TRACKING_PASSWORD instead",
+    "mlflow_ui_url": "remove them: the link is shown to people, who log in to MLflow in the "
+    "browser (the pipeline's own account is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)",
+}
+
+
+def _authority(url: str) -> tuple[str, str]:
+    """``url``'s scheme (with ``://``; empty without one) and its ``[user[:password]@]host[:port]``.
+
+    Split by hand, not by urllib: ``user:pw@host:9000`` (no scheme) parses as scheme ``user``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return scheme + sep, re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether ``url`` names a user (and maybe a password) before its host."""
+    return "@" in _authority(url)[1]
+
+
+def _without_credentials(url: str) -> str:
+    """``url``'s scheme and host, its user:password replaced by ``***`` (for messages)."""
+    scheme, authority = _authority(url)
+    return f"{scheme}***@{authority.rpartition('@')[2]}"
+
+
 def _valid_netloc(url: str) -> bool:
     """A host, and a port in range if one is given (urllib raises on 70000)."""
     try:
@@ -562,6 +596,14 @@ def _validate(c: PipelineConfig) -> None:
         url = getattr(c, name)
         if name == "mlflow_tracking_uri" and not url.startswith(("http://", "https://")):
             continue  # a local store (file:, sqlite:, a path) is fine for tracking
+        # Before any message that quotes the URL: a password in it would end up in task logs,
+        # XCom and the UI's links; credentials come from their own variables.
+        _require(
+            url is None or not _has_credentials(url),
+            name,
+            f"{_without_credentials(url or '')} carries credentials (user:password@); "
+            f"{_CREDENTIALS_HINT[name]}",
+        )
         _require(
             url is None or url.startswith(("http://", "https://")),
             name,

@@ -121,11 +121,17 @@ VERSION_CARD_TAG = "model_card"  # the card's runs:/ artifact URI
 # What MLflow answers for "no such model / alias" (the REST store, SQL store and file store
 # spell it differently).
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+# What MLflow answers when its basic-auth app refuses this process's account (HTTP 401, 403).
+_REFUSED = {
+    "UNAUTHENTICATED": "401 not authenticated",
+    "PERMISSION_DENIED": "403 permission denied",
+}
 
 
 class TrackingError(PipelineError):
     """MLflow is not set up for this config in this process (see :func:`configure_process`),
-    or its tracking server cannot be reached (transient)."""
+    its tracking server cannot be reached (transient), or it refuses this process's account
+    (permanent: retrying with the same credentials cannot help)."""
 
 
 # --- URIs -------------------------------------------------------------------------------------
@@ -175,8 +181,9 @@ def configure_process(cfg: PipelineConfig) -> None:
 
 @contextlib.contextmanager
 def mlflow_errors(cfg: PipelineConfig) -> Iterator[None]:
-    """Turn "the tracking server cannot be reached" inside into a transient :class:`TrackingError`
-    (one line naming the URI); every other MLflow error passes through unchanged."""
+    """Turn "the tracking server cannot be reached" (transient) and "it refuses the account"
+    (permanent) inside into a :class:`TrackingError`, one line naming the URI; every other MLflow
+    error passes through unchanged."""
     try:
         yield
     except Exception as exc:
@@ -187,18 +194,25 @@ def mlflow_errors(cfg: PipelineConfig) -> Iterator[None]:
 
 
 def tracking_error(exc: BaseException, cfg: PipelineConfig) -> TrackingError | None:
-    """The :class:`TrackingError` for an MLflow connection failure, else None.
+    """The :class:`TrackingError` for an MLflow connection failure or a refused account, else
+    None.
 
     MLflow's REST client wraps a ``requests`` failure in an ``MlflowException`` (chained as its
-    context, not its cause), so the chain is searched for the ``requests`` exception.
+    context, not its cause), so the chain is searched for the ``requests`` exception. A 401 or
+    403 is an ``MlflowException`` whose error code says so.
     """
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # not imported: not an MLflow error
-    requests_exceptions = sys.modules.get("requests.exceptions")
-    if mlflow_exceptions is None or requests_exceptions is None:
-        return None
-    if not isinstance(exc, mlflow_exceptions.MlflowException):
+    if mlflow_exceptions is None or not isinstance(exc, mlflow_exceptions.MlflowException):
         return None
     uri, retries = cfg.mlflow_tracking_uri, cfg.mlflow_http_retries
+    if exc.error_code in _REFUSED:
+        return TrackingError(
+            f"MLflow tracking server {uri}: refused the request "
+            f"({_REFUSED[exc.error_code]}): {_refused_hint(exc.error_code)}"
+        )
+    requests_exceptions = sys.modules.get("requests.exceptions")
+    if requests_exceptions is None:
+        return None
     tried = f"{retries + 1} attempt{'s' if retries else ''}"
     uri_var, retries_var = env_name("mlflow_tracking_uri"), env_name("mlflow_http_retries")
     cause: BaseException | None = exc
@@ -218,6 +232,19 @@ def tracking_error(exc: BaseException, cfg: PipelineConfig) -> TrackingError | N
                 f"{uri_var} right?", transient=True)
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def _refused_hint(error_code: str) -> str:
+    """What to check when the server refuses the account (the user name, never the password)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if error_code == "PERMISSION_DENIED":
+        return (
+            f"user {user!r} lacks the permission; registering versions and moving aliases "
+            "take the pipeline's account"
+        )
+    if user:
+        return f"user {user!r} is unknown or MLFLOW_TRACKING_PASSWORD is wrong"
+    return "no credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 
 
 def check_process(cfg: PipelineConfig) -> None:

@@ -102,7 +102,9 @@ def test_dag_params_come_from_the_declarations() -> None:
     assert params["epochs"]["type"] == ["null", "integer"]
     assert params["model"]["enum"] == [None, *config.MODELS]
     assert params["force_retrain"] == {
-        "default": False, "type": "boolean", "title": "Force retraining",
+        "default": False,
+        "type": "boolean",
+        "title": "Force retraining",
         "description": "Train even when ingest found no new images (on the latest manifest).",
     }
     assert "WEATHER_EPOCHS" in params["epochs"]["description"]
@@ -110,8 +112,14 @@ def test_dag_params_come_from_the_declarations() -> None:
 
 def test_cli_flags_come_from_the_declarations() -> None:
     train = dict(config.cli_flags("train"))
-    assert set(train) == {"--recipe", "--model", "--image-size", "--epochs", "--batch-size",
-                          "--precision"}
+    assert set(train) == {
+        "--recipe",
+        "--model",
+        "--image-size",
+        "--epochs",
+        "--batch-size",
+        "--precision",
+    }
     assert train["--epochs"]["type"] is int and "$WEATHER_EPOCHS" in train["--epochs"]["help"]
     assert train["--recipe"]["choices"] == ("default", "seed", "cpu")
     assert set(dict(config.cli_flags("evaluate"))) == {"--min-delta", "--non-inferiority-margin"}
@@ -130,8 +138,10 @@ def test_a_bad_switch_names_the_variable() -> None:
         config.from_env(environ={"WEATHER_FORCE_RETRAIN": "maybe"})
 
 
-@pytest.mark.parametrize(("raw", "cron"), [("", "0 2 * * *"), ("none", None), ("Manual", None),
-                                           ("30 3 * * 1-5", "30 3 * * 1-5")])
+@pytest.mark.parametrize(
+    ("raw", "cron"),
+    [("", "0 2 * * *"), ("none", None), ("Manual", None), ("30 3 * * 1-5", "30 3 * * 1-5")],
+)
 def test_schedule(raw: str, cron: str | None) -> None:
     assert config.from_env(environ={"WEATHER_SCHEDULE": raw}).cron == cron
 
@@ -145,8 +155,14 @@ def test_parse_time_reads_only_what_it_names() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["WEATHER_BUCKET", "WEATHER_MLFLOW_TRACKING_URI", "WEATHER_INCOMING_PREFIX",
-             "WEATHER_CURATED_PREFIX", "WEATHER_QUARANTINE_PREFIX"],
+    "name",
+    [
+        "WEATHER_BUCKET",
+        "WEATHER_MLFLOW_TRACKING_URI",
+        "WEATHER_INCOMING_PREFIX",
+        "WEATHER_CURATED_PREFIX",
+        "WEATHER_QUARANTINE_PREFIX",
+    ],
 )
 @pytest.mark.parametrize("raw", ["", "  "])
 def test_an_empty_required_setting_is_an_error_naming_it(name: str, raw: str) -> None:
@@ -157,24 +173,38 @@ def test_an_empty_required_setting_is_an_error_naming_it(name: str, raw: str) ->
 
 def test_empty_means_the_default_where_compose_relies_on_it() -> None:
     """compose passes unset settings as "" (docker/compose.yaml's ${WEATHER_X:-})."""
-    empty = {config.env_name(n): "" for n, (_, s, _) in config.settings().items()
-             if s.empty_means_default}
-    assert {"WEATHER_EPOCHS", "WEATHER_SCHEDULE", "WEATHER_REGISTERED_MODEL",
-            "WEATHER_S3_ENDPOINT_URL"} <= set(empty)
+    empty = {
+        config.env_name(n): ""
+        for n, (_, s, _) in config.settings().items()
+        if s.empty_means_default
+    }
+    assert {
+        "WEATHER_EPOCHS",
+        "WEATHER_SCHEDULE",
+        "WEATHER_REGISTERED_MODEL",
+        "WEATHER_S3_ENDPOINT_URL",
+    } <= set(empty)
     assert config.from_env(environ=empty) == config.from_env(environ={})
 
 
 def test_timeouts_and_http_retries_are_settings() -> None:
-    c = config.from_env(environ={
-        "WEATHER_S3_CONNECT_TIMEOUT": "2.5", "WEATHER_S3_READ_TIMEOUT": "7",
-        "WEATHER_MLFLOW_HTTP_RETRIES": "0", "WEATHER_MLFLOW_HTTP_TIMEOUT": "9",
-    })
+    c = config.from_env(
+        environ={
+            "WEATHER_S3_CONNECT_TIMEOUT": "2.5",
+            "WEATHER_S3_READ_TIMEOUT": "7",
+            "WEATHER_MLFLOW_HTTP_RETRIES": "0",
+            "WEATHER_MLFLOW_HTTP_TIMEOUT": "9",
+        }
+    )
     assert (c.s3_connect_timeout, c.s3_read_timeout) == (2.5, 7.0)
     assert (c.mlflow_http_retries, c.mlflow_http_timeout) == (0, 9)
     defaults = config.from_env(environ={})
     assert 0 < defaults.s3_connect_timeout <= 10 and 0 < defaults.s3_read_timeout <= 60
-    for env in ({"WEATHER_S3_READ_TIMEOUT": "0"}, {"WEATHER_S3_CONNECT_TIMEOUT": "-1"},
-                {"WEATHER_MLFLOW_HTTP_RETRIES": "-1"}):
+    for env in (
+        {"WEATHER_S3_READ_TIMEOUT": "0"},
+        {"WEATHER_S3_CONNECT_TIMEOUT": "-1"},
+        {"WEATHER_MLFLOW_HTTP_RETRIES": "-1"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(env))):
             config.from_env(environ=env)
 
@@ -185,11 +215,65 @@ def test_an_endpoint_without_a_valid_host_and_port_is_a_config_error(url: str) -
         config.from_env(environ={"WEATHER_S3_ENDPOINT_URL": url})
 
 
+@pytest.mark.parametrize(
+    ("variable", "instead"),
+    [
+        ("WEATHER_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"),
+        ("WEATHER_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+        ("WEATHER_MLFLOW_UI_URL", "log in to MLflow in the browser"),
+    ],
+)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://weather-pipeline:s3cr3t-Pa55@mlflow:5000",
+        "https://weather-pipeline:s3cr3t-Pa55@mlflow.example/prefix?x=1",
+        "http://s3cr3t-Pa55@127.0.0.1:9000",  # a token as the user name
+        "http://weather-pipeline:s3cr3t-Pa55@x@mlflow:5000",  # an @ in the password
+        "http://weather-pipeline:s3cr3t-Pa55@mlflow:70000",  # also a bad port: this error first
+    ],
+)
+def test_a_url_carrying_credentials_is_refused_without_echoing_them(
+    variable: str, instead: str, url: str
+) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        config.from_env(environ={variable: url})
+    message = str(excinfo.value)
+    assert message.startswith(variable) and "credentials" in message
+    assert instead in message
+    assert "s3cr3t-Pa55" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("variable", ["WEATHER_S3_ENDPOINT_URL", "WEATHER_MLFLOW_UI_URL"])
+def test_credentials_without_a_scheme_are_not_echoed_either(variable: str) -> None:
+    """``user:pw@host:9000`` parses as scheme ``user``: the scheme check must not quote it."""
+    with pytest.raises(ConfigError, match="carries credentials") as excinfo:
+        config.from_env(environ={variable: "weather-admin:s3cr3t-Pa55@minio:9000"})
+    assert "s3cr3t-Pa55" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("setting", ["mlflow_tracking_uri", "s3_endpoint_url", "mlflow_ui_url"])
+def test_an_at_sign_after_the_host_is_not_a_credential(setting: str) -> None:
+    url = "http://mlflow.example:5000/team@weather"
+    c = config.from_env(environ={config.env_name(setting): url})
+    assert getattr(c, setting) == url
+
+
 # The seed notebook's recipe, as its code says (DESIGN.md "What the seed does").
 NOTEBOOK = {
-    "model": "model_3", "image_size": 250, "epochs": 100, "batch_size": 16,
-    "learning_rate": 1e-3, "lr_factor": 0.1, "lr_patience": 5, "lr_min": 1e-30, "lr_cooldown": 3,
-    "label_smoothing": 0.0, "weight_decay": 0.0, "bn_momentum": 0.99, "progressive_resize": 0,
+    "model": "model_3",
+    "image_size": 250,
+    "epochs": 100,
+    "batch_size": 16,
+    "learning_rate": 1e-3,
+    "lr_factor": 0.1,
+    "lr_patience": 5,
+    "lr_min": 1e-30,
+    "lr_cooldown": 3,
+    "label_smoothing": 0.0,
+    "weight_decay": 0.0,
+    "bn_momentum": 0.99,
+    "progressive_resize": 0,
     "tta_flip": False,
 }
 
@@ -199,8 +283,13 @@ def _recipe_of(c: config.PipelineConfig) -> dict[str, object]:
 
 
 def test_the_seed_recipe_is_one_setting_away_whatever_the_deployment_says() -> None:
-    env = {"WEATHER_EPOCHS": "7", "WEATHER_LABEL_SMOOTHING": "0.1", "WEATHER_TTA_FLIP": "true",
-           "WEATHER_MODEL": "model_1", "WEATHER_IMAGE_SIZE": "64"}
+    env = {
+        "WEATHER_EPOCHS": "7",
+        "WEATHER_LABEL_SMOOTHING": "0.1",
+        "WEATHER_TTA_FLIP": "true",
+        "WEATHER_MODEL": "model_1",
+        "WEATHER_IMAGE_SIZE": "64",
+    }
     deployment = config.from_env(environ=env)
     assert (deployment.epochs, deployment.model, deployment.tta_flip) == (7, "model_1", True)
     run = config.override(deployment, recipe="seed")

@@ -29,8 +29,9 @@ def test_uris_and_the_champion_asset_follow_the_registered_model() -> None:
     ],
 )
 def test_ui_links_use_the_ui_url_or_the_tracking_server(ui: str | None, expected_base: str) -> None:
-    cfg = config.from_env(environ={}, mlflow_tracking_uri="http://127.0.0.1:5000/",
-                          mlflow_ui_url=ui)
+    cfg = config.from_env(
+        environ={}, mlflow_tracking_uri="http://127.0.0.1:5000/", mlflow_ui_url=ui
+    )
     assert tracking.ui_url(cfg) == expected_base
     assert tracking.run_url(cfg, "0123abcd") == f"{expected_base}/#/runs/0123abcd"
     assert tracking.ui_model_url(expected_base, "wc") == f"{expected_base}/#/models/wc"
@@ -47,8 +48,9 @@ def test_configure_process_sets_tracking_and_registry_for_this_and_child_process
         "import json, mlflow\n"
         "print(json.dumps([mlflow.get_tracking_uri(), mlflow.get_registry_uri()]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert json.loads(out.stdout.splitlines()[-1]) == ["http://mlflow.example:5000"] * 2
 
 
@@ -75,8 +77,14 @@ def test_contract_and_serving_client_import_no_heavy_libraries() -> None:
         "                       'weather_tasks.train')\n"
         "print(json.dumps([after_tracking, after_serving]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert json.loads(out.stdout.splitlines()[-1]) == [[], []]
 
 
@@ -94,8 +102,10 @@ def test_an_unreachable_tracking_server_is_one_transient_line() -> None:
     from mlflow.exceptions import MlflowException
 
     cfg = config.from_env(environ={}, mlflow_tracking_uri="http://127.0.0.1:9")
-    for cause, says in [(requests.exceptions.ConnectionError("refused"), "cannot connect"),
-                        (requests.exceptions.ReadTimeout("slow"), "no answer within")]:
+    for cause, says in [
+        (requests.exceptions.ConnectionError("refused"), "cannot connect"),
+        (requests.exceptions.ReadTimeout("slow"), "no answer within"),
+    ]:
         try:
             try:
                 raise cause
@@ -110,3 +120,52 @@ def test_an_unreachable_tracking_server_is_one_transient_line() -> None:
     assert tracking.tracking_error(ValueError("x"), cfg) is None
     with pytest.raises(MlflowException), tracking.mlflow_errors(cfg):
         raise other
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "says", "user"),
+    [
+        # The bodies MLflow's basic-auth app answers (mlflow.server.auth).
+        (
+            401,
+            "You are not authenticated. Please see https://www.mlflow.org/docs",
+            "401",
+            "weather-pipeline",
+        ),
+        (401, "You are not authenticated.", "401", None),
+        (403, "Permission denied", "403", "weather-reader"),
+    ],
+)
+def test_a_refused_account_is_one_permanent_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    body: str,
+    says: str,
+    user: str | None,
+) -> None:
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import verify_rest_response
+
+    password = "s3cr3t-Pa55"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    if user is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    response = requests.models.Response()
+    response.status_code, response._content = status, body.encode()
+    cfg = config.from_env(environ={}, mlflow_tracking_uri="http://mlflow.example:5000")
+    # What MLflow's REST client raises for the answer, translated as every stage does.
+    with pytest.raises(tracking.TrackingError) as excinfo, tracking.mlflow_errors(cfg):
+        verify_rest_response(response, "/api/2.0/mlflow/registered-models/alias")
+    error = excinfo.value
+    assert isinstance(error.__cause__, MlflowException)
+    assert not error.transient  # the same credentials fail the same way: no retry
+    message = str(error)
+    assert says in message and "http://mlflow.example:5000" in message
+    assert "\n" not in message and password not in message
+    if user is None:
+        assert "MLFLOW_TRACKING_USERNAME" in message
+    else:
+        assert user in message
