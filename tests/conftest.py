@@ -24,9 +24,10 @@ from weather_tasks import config, storage, tracking
 from weather_tasks.config import PipelineConfig
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "dags", "integration", "e2e")
-COSTLY = ("integration", "e2e", "slow")  # deselected by a plain ``pytest``: unit and dags run
-E2E_TIMEOUT_S = 1800  # a whole DAG run (or a Celery stack) on 2 CPU cores; others: pyproject
+TIERS = ("unit", "dags", "integration", "e2e", "platform")
+# Deselected by a plain ``pytest``: unit and dags run.
+COSTLY = ("integration", "e2e", "platform", "slow")
+E2E_TIMEOUT_S = 1800  # a whole DAG run, a Celery or compose stack on 2 CPU cores; others: pyproject
 _DESELECTED = pytest.StashKey[int]()
 
 
@@ -35,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--all-tiers",
         action="store_true",
         default=False,
-        help="run every tier, including integration, e2e and slow (what CI runs); "
+        help="run every tier, including integration, e2e, platform and slow (what CI runs); "
         "default without -m: unit and dags only",
     )
 
@@ -48,7 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier is None:
             continue
         item.add_marker(tier)
-        if tier == "e2e" and item.get_closest_marker("timeout") is None:
+        if tier in ("e2e", "platform") and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
     if config.getoption("--all-tiers") or config.getoption("markexpr"):
         return
@@ -66,7 +67,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     dropped = terminalreporter.config.stash.get(_DESELECTED, 0)
     if dropped:
         terminalreporter.write_line(
-            f"{dropped} tests of the integration, e2e and slow tiers deselected: "
+            f"{dropped} tests of the integration, e2e, platform and slow tiers deselected: "
             "run them with --all-tiers (CI) or -m, e.g. -m integration"
         )
 

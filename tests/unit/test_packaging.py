@@ -51,9 +51,25 @@ def test_the_lock_pins_every_dependency_of_every_extra() -> None:
     assert declared <= locked, sorted(declared - locked)
 
 
-def test_the_airflow_image_installs_the_airflow_extra() -> None:
-    dockerfile = (REPO / "docker" / "Dockerfile.airflow").read_text()
-    assert '"/opt/weather[airflow]"' in dockerfile
+def _dockerfile_stages() -> dict[str, str]:
+    """docker/Dockerfile's stages: name (``FROM ... AS name``) -> the stage's text."""
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)[ \t]*$", text, flags=re.M | re.I)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("stage", ["airflow-requirements", "gpu-worker-venv"])
+def test_the_airflow_images_install_the_airflow_extra(stage: str) -> None:
+    """The airflow and gpu-worker images install this project's `airflow` extra, read from the
+    pyproject.toml the stage copies to /src; the airflow image through the pinned list that
+    airflow-requirements compiles."""
+    stages = _dockerfile_stages()
+    assert "airflow" in PROJECT["optional-dependencies"]
+    assert re.search(r"--extra airflow\b", stages[stage])
+    assert re.search(r"^COPY .*\bpyproject\.toml\b.* /src/?$", stages[stage], re.M)
+    assert re.search(r"^COPY --from=airflow-requirements /src/airflow.txt /src/$",
+                     stages["airflow-venv"], re.M)
+    assert "-r /src/airflow.txt" in stages["airflow-venv"]
 
 
 def test_the_model_requires_neither_airflow_nor_the_mlflow_server() -> None:
