@@ -180,6 +180,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             _compose(project, {**env, "WHEELHOUSE": wheelhouse_url}, "build",
                      "airflow-init", "mlflow", timeout=1800)
             timings["build"] = time.monotonic() - t
+        # The images the rebuild replaced (GBs each, run after run on one machine).
+        subprocess.run(["docker", "image", "prune", "--force", "--filter",
+                        "label=io.weather-retrain.project"], capture_output=True, check=True)
         t = time.monotonic()
         # weather-serve starts once night 1 has made a champion (it exits until one exists).
         _compose(project, env, "up", "-d", "--no-build", *SERVICES[:-1])
@@ -240,23 +243,7 @@ def _upload(p: Platform, tmp: Path, per_class: int, skip: int) -> int:
     for cls in p.cfg.classes:
         for path in sorted(images.glob(f"{cls}*"))[skip: skip + per_class]:
             shutil.copy(path, tmp / path.name)
-    with _s3_env():
-        return int(ingest.upload_folder(p.cfg, storage.make_client(p.cfg), tmp)["uploaded"])
-
-
-class _s3_env:  # noqa: N801 - used as a context manager
-    """The S3 test server's dummy keys in this process's environment while inside."""
-
-    def __enter__(self) -> None:
-        self.saved = {k: os.environ.get(k) for k in local_services.LOCAL_S3_ENV}
-        os.environ.update(local_services.LOCAL_S3_ENV)
-
-    def __exit__(self, *exc: object) -> None:
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return int(ingest.upload_folder(p.cfg, storage.make_client(p.cfg), tmp)["uploaded"])
 
 
 def _mlflow(p: Platform, account: str | None, method: str, path: str,
@@ -451,12 +438,11 @@ def _metrics_and_prediction_log(p: Platform) -> None:
                  'weather_endpoint_model_version 2.0'):
         assert name in metrics, f"{name} not in /metrics"
     # The sampled prediction log reaches the bucket (batches of 100 records or every 60 s).
-    with _s3_env():
-        s3 = storage.make_client(p.cfg)
-        deadline = time.monotonic() + 120
-        keys: list[str] = []
-        while not keys and time.monotonic() < deadline:
-            listed = s3.list_objects_v2(Bucket="weather", Prefix="predictions/")
-            keys = [o["Key"] for o in listed.get("Contents", [])]
-            time.sleep(3)
+    s3 = storage.make_client(p.cfg)
+    deadline = time.monotonic() + 120
+    keys: list[str] = []
+    while not keys and time.monotonic() < deadline:
+        listed = s3.list_objects_v2(Bucket="weather", Prefix="predictions/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+        time.sleep(3)
     assert keys, "no prediction log under s3://weather/predictions/"
