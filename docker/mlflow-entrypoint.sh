@@ -7,6 +7,10 @@
 #   MLFLOW_AUTH_DATABASE_URI     where accounts live (its own database, not the tracking one)
 #   MLFLOW_AUTH_ADMIN_USERNAME   the pipeline's account, created on the first start with
 #   MLFLOW_AUTH_ADMIN_PASSWORD   this password (ignored once the account exists)
+#   MLFLOW_AUTH_CACHE_SECONDS    how long a checked password is trusted (default 60; 0: check
+#                                every request). A password check is a deliberately slow hash:
+#                                without the cache, the endpoint's alias polls and the tasks'
+#                                calls kept half a core busy on 2 cores.
 # Further arguments go to `mlflow server`.
 set -euo pipefail
 : "${MLFLOW_AUTH_DATABASE_URI:?set the accounts database URL}"
@@ -18,6 +22,7 @@ export MLFLOW_AUTH_CONFIG_PATH="${HOME}/basic_auth.ini"
 default_permission = READ
 database_uri = ${MLFLOW_AUTH_DATABASE_URI}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_SECONDS:-60}
 INI
 )
 exec mlflow server --app-name basic-auth "$@"
