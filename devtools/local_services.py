@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 from devtools.airflow_api import AirflowApi, health
 
@@ -270,10 +271,7 @@ def _create_reader(url: str, auth: MlflowAccounts) -> None:
     from mlflow.server.auth.client import AuthServiceClient
 
     # MLflow's clients take credentials from the environment only: the admin's, for this call.
-    admin = auth.pipeline_env()
-    saved = {name: os.environ.get(name) for name in admin}
-    os.environ.update(admin)
-    try:
+    with mock.patch.dict(os.environ, auth.pipeline_env()):
         client = AuthServiceClient(url)
         try:
             client.create_user(auth.reader_username, auth.reader_password)
@@ -281,12 +279,6 @@ def _create_reader(url: str, auth: MlflowAccounts) -> None:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             client.update_user_password(auth.reader_username, auth.reader_password)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def start_model_server(
