@@ -161,13 +161,17 @@ def _start(
     return service
 
 
-def start_s3_server(log_dir: Path, port: int | None = None, timeout: float = 60) -> Service:
-    """moto's S3 server on 127.0.0.1 (state in memory: it lasts as long as the process)."""
+def start_s3_server(
+    log_dir: Path, port: int | None = None, timeout: float = 60, switch_interval: float = 0
+) -> Service:
+    """moto's S3 server on 127.0.0.1 (state in memory: it lasts as long as the process), its
+    conditional writes atomic (:mod:`devtools.s3_server`; ``switch_interval``: its option)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
+    extra = ["--switch-interval", str(switch_interval)] if switch_interval else []
     return _start(
         "s3",
-        [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "devtools.s3_server", "-H", "127.0.0.1", "-p", str(port), *extra],
         url,
         "/moto-api/",
         log_dir,

@@ -21,12 +21,15 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from devtools import local_services
 from devtools.netproxy import FlakyProxy
@@ -84,6 +87,37 @@ def test_expired_lease_is_taken_over_and_its_old_holder_cannot_release_it(
     assert _lease_owners(cfg, s3) == ["host-b:22:cli"]
     lease.release(short, s3, successor)
     assert _lease_owners(cfg, s3) == []
+
+
+def test_simultaneous_takers_get_one_lease(service_logs: Path) -> None:
+    """What the lease stands on: of many ``If-None-Match: *`` puts of one key at one instant,
+    exactly one lands, as on S3. moto alone lets several through now and then (its check and
+    its write are apart; CI once saw two promotions both take the lease); the project's server
+    makes them atomic (``devtools.s3_server``). Its threads switch every microsecond here, so
+    that an unguarded window shows up within these rounds (plain moto: a few rounds in 60)."""
+    server = local_services.start_s3_server(service_logs / "race", switch_interval=1e-6)
+    try:
+        c = config.from_env(environ={}, bucket="lease-race", s3_endpoint_url=server.url)
+        s3 = storage.make_client(c)
+        local_services.ensure_bucket(s3, c.bucket)
+        takers, rounds = 8, 100
+        barrier = threading.Barrier(takers)
+
+        def take(key: str) -> bool:
+            barrier.wait()
+            try:
+                s3.put_object(Bucket=c.bucket, Key=key, Body=uuid.uuid4().bytes, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                assert exc.response["Error"]["Code"] in {"PreconditionFailed", "412"}
+                return False
+
+        with ThreadPoolExecutor(takers) as pool:
+            for n in range(rounds):
+                won = list(pool.map(take, [f"locks/race-{n}.json"] * takers))
+                assert won.count(True) == 1, f"round {n}: {won.count(True)} takers got the lease"
+    finally:
+        server.stop()
 
 
 # --- promotions with stand-in runs ---------------------------------------------------------------
