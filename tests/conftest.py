@@ -29,6 +29,7 @@ TIERS = ("unit", "dags", "integration", "e2e", "platform")
 COSTLY = ("integration", "e2e", "platform", "slow")
 E2E_TIMEOUT_S = 1800  # a whole DAG run, a Celery or compose stack on 2 CPU cores; others: pyproject
 _DESELECTED = pytest.StashKey[int]()
+_TIER_SECONDS: dict[str, list[float]] = {}  # tier -> [seconds, tests], printed at the end
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,7 +64,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.stash[_DESELECTED] = len(drop)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each phase's time (fixtures included) to the tier of the test's folder."""
+    parts = report.nodeid.split("/")  # tests/<tier>/test_x.py::test_y, from the rootdir
+    tier = parts[1] if len(parts) > 2 and parts[1] in TIERS else "other"
+    seconds = _TIER_SECONDS.setdefault(tier, [0.0, 0])
+    seconds[0] += report.duration
+    seconds[1] += report.when == "call"
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIER_SECONDS:
+        terminalreporter.write_line(
+            "time per tier (setup, call and teardown): "
+            + ", ".join(
+                f"{tier} {sec / 60:.1f} min ({int(n)} tests)"
+                for tier, (sec, n) in sorted(_TIER_SECONDS.items(), key=lambda kv: -kv[1][0])
+            )
+        )
     dropped = terminalreporter.config.stash.get(_DESELECTED, 0)
     if dropped:
         terminalreporter.write_line(

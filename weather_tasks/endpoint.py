@@ -1,7 +1,9 @@
 """The serving endpoint: an HTTP app that serves ``models:/<name>@champion`` and follows the alias.
 
 ``weather serve`` runs it (uvicorn; 127.0.0.1 unless ``--host`` says otherwise). At start the
-alias is pinned to a version and that version loaded (no champion: one-line error). A poller
+alias is read and its version loaded; MLflow unreachable or a version that does not load is a
+one-line error. With no champion yet (a new deployment, before the first night) it starts
+anyway and answers 503, ``/ping`` included, until the poller finds one. A poller
 reads the alias every ``serve_poll_seconds``; when it names another version, that version is
 loaded *beside* the one serving, then swapped in by one reference assignment. A request takes
 the served model once, at its start, so it finishes on the model it started with; a version
@@ -52,7 +54,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from weather_tasks import serving, tracking
-from weather_tasks.config import PipelineConfig, PipelineError
+from weather_tasks.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,6 @@ LOG_BATCH_RECORDS = 100
 LOG_FLUSH_SECONDS = 60.0
 # Records kept for another try while S3 fails: bounded, the log is a sample anyway.
 _LOG_MAX_PENDING = 10 * LOG_BATCH_RECORDS
-
-
-class EndpointError(PipelineError):
-    """The endpoint cannot start (no champion to serve)."""
 
 
 class RequestError(Exception):
@@ -263,8 +261,8 @@ class Served:
 @dataclass(frozen=True)
 class EndpointStatus:
     registered_model: str
-    version: str
-    loaded_at: str
+    version: str | None  # None: no champion yet
+    loaded_at: str | None
     last_poll: str | None
     last_poll_error: str | None
     swaps: int
@@ -273,6 +271,9 @@ class EndpointStatus:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
+        if self.version is None:
+            return (f"served nothing: no version of {self.registered_model} had "
+                    f"@{tracking.CHAMPION}")
         return (f"served models:/{self.registered_model}/{self.version} (@{tracking.CHAMPION}); "
                 f"{self.swaps} swap(s)")
 
@@ -291,20 +292,24 @@ class Endpoint:
         self.swaps = 0
         self.metrics = Metrics()
         self.prediction_log = PredictionLog(cfg, s3) if cfg.serve_log_sample > 0 else None
-        self.served = self._load(self._champion_version())
-        self.metrics.set_version(self.served.version)
+        self.served: Served | None = None  # None until there is a champion
+        version = self._champion_version()
+        if version is None:
+            log.warning("%s; answering 503 until there is one (checked every %g s)",
+                        self._no_champion(), cfg.serve_poll_seconds)
+        else:
+            self.served = self._load(version)
+            self.metrics.set_version(version)
 
     # -- the alias ------------------------------------------------------------------------------
-    def _champion_version(self) -> str:
+    def _champion_version(self) -> str | None:
         name = self.cfg.registered_model
         with tracking.mlflow_errors(self.cfg):
-            version = tracking.alias_version(tracking.client(self.cfg), name, tracking.CHAMPION)
-        if version is None:
-            raise EndpointError(
-                f"no version of {name!r} has alias @{tracking.CHAMPION} on "
-                f"{self.cfg.mlflow_tracking_uri}: nothing to serve (see weather status)"
-            )
-        return version
+            return tracking.alias_version(tracking.client(self.cfg), name, tracking.CHAMPION)
+
+    def _no_champion(self) -> str:
+        return (f"no version of {self.cfg.registered_model!r} has alias @{tracking.CHAMPION} on "
+                f"{self.cfg.mlflow_tracking_uri}")
 
     def _load(self, version: str) -> Served:
         uri = tracking.version_uri(self.cfg.registered_model, version)
@@ -315,32 +320,37 @@ class Endpoint:
         return Served(self.cfg.registered_model, version, model, _now().isoformat())
 
     def poll_once(self) -> bool:
-        """Check the alias; load and swap in a new champion. True when it swapped. Every
-        failure is logged and left for the next poll: the served model keeps answering."""
+        """Check the alias; load and swap in a new champion (or the first one). True when it
+        swapped. Every failure is logged and left for the next poll: the served model, if any,
+        keeps answering."""
         self.last_poll = _now().isoformat()
+        old = self.served
+        serving = f"still serving version {old.version}" if old else "nothing served yet"
         try:
             version = self._champion_version()
+            if version is None and old is not None:
+                raise LookupError(f"{self._no_champion()} any more")
         except Exception as exc:  # noqa: BLE001 - unreachable MLflow, alias gone: keep serving
             self.last_poll_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.metrics.poll_failures.inc()
-            log.warning("champion poll failed (still serving version %s): %s",
-                        self.served.version, self.last_poll_error)
+            log.warning("champion poll failed (%s): %s", serving, self.last_poll_error)
             return False
         self.last_poll_error = None
-        if version == self.served.version:
+        if version is None or (old is not None and version == old.version):
             return False
         try:
             new = self._load(version)  # beside the served one, which keeps answering
         except Exception as exc:  # noqa: BLE001 - a broken version must not stop serving
             self.metrics.load_failures.inc()
-            log.warning("cannot load version %s (still serving %s; retried next poll): %s",
-                        version, self.served.version, exc)
+            log.warning("cannot load version %s (%s; retried next poll): %s",
+                        version, serving, exc)
             return False
-        old, self.served = self.served, new  # one assignment: requests see old or new, whole
-        self.swaps += 1
-        self.metrics.swaps.inc()
+        self.served = new  # one assignment: requests see old or new, whole
+        if old is not None:
+            self.swaps += 1
+            self.metrics.swaps.inc()
         self.metrics.set_version(new.version)
-        log.info("now serving version %s (was %s)", new.version, old.version)
+        log.info("now serving version %s (was %s)", new.version, old.version if old else "none")
         return True
 
     def start(self) -> None:
@@ -366,14 +376,17 @@ class Endpoint:
 
     def status(self) -> EndpointStatus:
         served = self.served
-        return EndpointStatus(served.name, served.version, served.loaded_at, self.last_poll,
+        return EndpointStatus(self.cfg.registered_model, served.version if served else None,
+                              served.loaded_at if served else None, self.last_poll,
                               self.last_poll_error, self.swaps)
 
     # -- one request ----------------------------------------------------------------------------
     def invoke(self, body: bytes, content_type: str | None) -> tuple[str, list[dict[str, Any]]]:
         """The version that answered and its rows; :class:`RequestError` for a refused request."""
-        parsed = parse_invocation(body, content_type)
         served = self.served  # once: a swap during this request does not change its model
+        if served is None:
+            raise RequestError(503, f"no model to serve yet: {self._no_champion()}")
+        parsed = parse_invocation(body, content_type)
         rows = served.predict(parsed)
         for row in rows:
             self.metrics.rows.labels(error_code=row.get("error_code") or "none").inc()
@@ -544,6 +557,9 @@ def create_app(endpoint: Endpoint) -> FastAPI:
 
     @app.get("/ping")
     async def ping() -> Response:
+        """200 once a model is served (ready), 503 before the first champion."""
+        if endpoint.served is None:
+            return Response("no model to serve yet\n", status_code=503, media_type="text/plain")
         return Response("\n", status_code=200, media_type="text/plain")
 
     @app.get("/version")
@@ -560,11 +576,13 @@ def create_app(endpoint: Endpoint) -> FastAPI:
 
 
 def serve(cfg: PipelineConfig, host: str = "127.0.0.1", port: int = 8080) -> EndpointStatus:
-    """Load the champion and serve it until interrupted; what was served at the end."""
+    """Load the champion (or wait for one) and serve it until interrupted; what was served at
+    the end."""
     import uvicorn
 
     endpoint = Endpoint(cfg)
-    log.info("serving models:/%s/%s on http://%s:%d", cfg.registered_model,
-             endpoint.served.version, host, port)
+    log.info("serving models:/%s@%s (version %s) on http://%s:%d", cfg.registered_model,
+             tracking.CHAMPION, endpoint.served.version if endpoint.served else "none yet",
+             host, port)
     uvicorn.run(create_app(endpoint), host=host, port=port, log_level="warning")
     return endpoint.status()

@@ -154,7 +154,9 @@ def celery_airflow(
     )
     local_services.run_airflow(env, "db", "migrate", log_dir=logs, timeout=600)
     services = [
-        local_services.start_airflow("api-server", ["api-server", "--port", str(port)], env, logs),
+        local_services.start_airflow(
+            "api-server", ["api-server", "--host", "127.0.0.1", "--port", str(port)], env, logs
+        ),
         local_services.start_airflow("scheduler", ["scheduler"], env, logs),
         local_services.start_airflow("dag-processor", ["dag-processor"], env, logs),
         local_services.start_airflow(

@@ -8,6 +8,7 @@ model_package.log_model and registered: the test checks serving, not accuracy.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -85,23 +86,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def app_url(ep_cfg: PipelineConfig, versions: list[str]) -> Iterator[str]:
-    """The app served by uvicorn in a thread on a free port (as `weather serve` runs it)."""
+@contextlib.contextmanager
+def _served(ep: endpoint.Endpoint) -> Iterator[str]:
+    """``ep``'s app served by uvicorn in a thread on a free port (as `weather serve` runs it)."""
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(endpoint.create_app(endpoint.Endpoint(ep_cfg)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(endpoint.create_app(ep), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=60)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def app_url(ep_cfg: PipelineConfig, versions: list[str]) -> Iterator[str]:
+    with _served(endpoint.Endpoint(ep_cfg)) as url:
+        yield url
 
 
 def _request(url: str, body: bytes | None = None,
@@ -241,17 +250,49 @@ def test_the_prediction_log_reaches_the_bucket_without_images(
     assert all(img[:40] not in text for img in images)
 
 
-@pytest.mark.parametrize("case", ["no champion", "unreachable"])
-def test_weather_serve_fails_in_one_line(
-    case: str, mlflow_server: local_services.Service, monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str]
+def test_with_no_champion_yet_it_answers_503_until_one_comes(
+    ep_cfg: PipelineConfig, versions: list[str], photos: list[Path]
+) -> None:
+    """A new deployment starts its endpoint before the first night: it comes up, says 503
+    (``/ping`` too, so a health check reads "not ready"), and serves the first champion as soon
+    as a poll sees it, with no restart."""
+    import mlflow
+
+    client = tracking.client(ep_cfg)
+    name = f"wc-later-{uuid.uuid4().hex[:8]}"
+    source = client.get_model_version(ep_cfg.registered_model, versions[0])
+    version = str(mlflow.register_model(source.source, name).version)  # v1's model, new name
+    ep = endpoint.Endpoint(config.override(ep_cfg, registered_model=name))
+    body = _split([_b64(photos[0])])
+    with _served(ep) as url:
+        assert _request(f"{url}/ping")[0] == 503
+        status, _, raw = _request(f"{url}/invocations", body)
+        assert status == 503 and "no model to serve yet" in json.loads(raw)["error"]
+        assert f"{name!r} has alias @champion" in json.loads(raw)["error"]
+        assert json.loads(_request(f"{url}/version")[2])["version"] is None
+
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+        deadline = time.monotonic() + 120
+        while _request(f"{url}/ping")[0] != 200:
+            assert time.monotonic() < deadline, "the first champion was never served"
+            time.sleep(0.2)
+        status, headers, raw = _request(f"{url}/invocations", body)
+        assert status == 200 and headers["x-model-version"] == version
+        info = json.loads(_request(f"{url}/version")[2])
+        assert (info["version"], info["swaps"], info["last_poll_error"]) == (version, 0, None)
+        metrics = _request(f"{url}/metrics")[2].decode()
+        assert 'weather_endpoint_requests_total{code="503"} 1.0' in metrics
+        assert f"weather_endpoint_model_version {float(version)}" in metrics
+
+
+def test_weather_serve_fails_in_one_line_when_mlflow_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from weather_tasks import cli
 
-    uri = mlflow_server.url if case == "no champion" else f"http://127.0.0.1:{_free_port()}"
-    monkeypatch.setenv("WEATHER_MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("WEATHER_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("WEATHER_REGISTERED_MODEL", f"nobody-{uuid.uuid4().hex[:8]}")
     assert cli.main(["serve", "--port", str(_free_port())]) == 1
     err = capfd.readouterr().err.strip().splitlines()
-    expected = "has alias @champion" if case == "no champion" else "cannot connect"
-    assert len(err) == 1 and err[0].startswith("weather serve: error: ") and expected in err[0]
+    assert len(err) == 1 and err[0].startswith("weather serve: error: ")
+    assert "cannot connect" in err[0]

@@ -182,9 +182,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         subprocess.run(["docker", "image", "prune", "--force", "--filter",
                         "label=io.weather-retrain.project"], capture_output=True, check=True)
         t = time.monotonic()
-        # weather-serve starts once night 1 has made a champion (it exits until one exists).
-        _compose(project, env, "up", "-d", "--no-build", *SERVICES[:-1])
-        _wait_healthy(project, env, SERVICES[:-1], timeout=300)
+        _compose(project, env, "up", "-d", "--no-build", *SERVICES)
+        # weather-serve is healthy once it serves a champion, after night 1.
+        _wait_healthy(project, env, [s for s in SERVICES if s != "weather-serve"], timeout=300)
         timings["up_to_healthy"] = time.monotonic() - t
         api = AirflowApi(f"http://127.0.0.1:{env['PLATFORM_AIRFLOW_PORT']}", "admin",
                          admin_password)
@@ -288,6 +288,17 @@ def _invoke(url: str, payload: bytes, content_type: str = "application/json",
     return status, json.loads(body or b"{}"), {k.lower(): v for k, v in headers.items()}
 
 
+def _ping(url: str) -> int:
+    """``GET /ping``'s status; 0 while nothing answers."""
+    try:
+        with urllib.request.urlopen(url + "/ping", timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 class _Traffic(threading.Thread):
     """Requests to the endpoint, one after another, until stopped: each (time, status,
     version); and when @champion was first seen on ``watch_version`` (MLflow, polled)."""
@@ -334,9 +345,18 @@ def test_two_nights_through_compose(stack: Platform, tmp_path: Path) -> None:
     for dag_id in (DAG_ID, CONSUMER):
         api.set_paused(dag_id, False)
 
+    # Before the first champion the endpoint is up and says so: 503, nothing to serve.
+    deadline = time.monotonic() + 180
+    while (answer := _ping(p.serve_url)) == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert answer == 503, f"weather-serve before the first champion: /ping {answer}"
+    status, body, _ = _invoke(p.serve_url, b'{"inputs": ["x"]}')
+    assert status == 503 and "no model to serve yet" in body["error"], (status, body)
+
     # Night 1: real photos, the first champion.
     assert _upload(p, tmp_path / "night1", per_class=10, skip=0) == 40
     night1 = _night(p, {})
+    night1_ended = time.monotonic()
     p.timings["night_1"] = night1.seconds
     p.timings["up_to_first_night"] = p.timings["up_to_healthy"] + time.monotonic() - t0
     assert night1.report["outcome"] == "promoted", night1.report
@@ -370,11 +390,15 @@ def test_two_nights_through_compose(stack: Platform, tmp_path: Path) -> None:
     assert status == 403
     assert _champion(p) == "1"
 
-    # The endpoint: up once a champion exists, serving it with the read-only account.
-    t = time.monotonic()
-    _compose(p.project, p.env, "up", "-d", "--no-build", "weather-serve")
-    _wait_healthy(p.project, p.env, ["weather-serve"], timeout=300)
-    p.timings["endpoint_up"] = time.monotonic() - t
+    # The endpoint, started with the stack, serves the first champion without a restart, with
+    # the read-only account.
+    deadline = time.monotonic() + 300
+    while _ping(p.serve_url) != 200:
+        assert time.monotonic() < deadline, "weather-serve never served the first champion"
+        time.sleep(0.5)
+    p.timings["endpoint_serving_after_night_1"] = time.monotonic() - night1_ended
+    _wait_healthy(p.project, p.env, ["weather-serve"], timeout=120)
+    assert _states(p.project, p.env)["weather-serve"][0] == "running"
     _contract(p.serve_url)
 
     # Night 2: a few new photos; the challenger is made to win (min_delta -1), and the
