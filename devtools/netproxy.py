@@ -82,6 +82,9 @@ class FlakyProxy:
                     client.close()
                     continue
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for end in (client, upstream):  # relay each piece at once, as the client sent it:
+                # with Nagle, a request's body waited for the ACK of its headers (40 ms)
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._conns += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
@@ -189,6 +192,7 @@ class FailingHttpProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass  # the test reads ``seen``; no access log on stderr
