@@ -240,7 +240,8 @@ def _refused_hint(error_code: str) -> str:
     if error_code == "PERMISSION_DENIED":
         return (
             f"user {user!r} lacks the permission; registering versions and moving aliases "
-            "take the pipeline's account"
+            "take the pipeline's account, and a read-only account is refused any read of a "
+            "registered model that does not exist yet"
         )
     if user:
         return f"user {user!r} is unknown or MLFLOW_TRACKING_PASSWORD is wrong"

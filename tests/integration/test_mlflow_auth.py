@@ -353,3 +353,32 @@ def test_no_password_reaches_mlflow_or_the_server_log(
     server_log = auth_server.log_path.read_text(errors="replace")
     assert "POST /api/2.0/mlflow/registered-models/alias" in server_log  # requests are logged
     assert not any(p in server_log for p in passwords)
+
+
+def test_before_the_first_version_the_reader_needs_the_model_to_exist(
+    auth_cfg: PipelineConfig, accounts: local_services.MlflowAccounts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's auth refuses a non-admin account any read of a model that does not exist (403,
+    not 404): the reader's endpoint stops in one line saying so. That is why compose's
+    mlflow-init creates the registered model; once it exists, empty, the reader's endpoint
+    starts and answers 503 until a champion comes."""
+    from weather_tasks import endpoint
+
+    cfg = config.override(auth_cfg, registered_model=f"wc-empty-{uuid.uuid4().hex[:8]}")
+    _log_in(monkeypatch, accounts.reader_env())
+    with pytest.raises(tracking.TrackingError) as refused, tracking.mlflow_errors(cfg):
+        endpoint.Endpoint(cfg)
+    message = str(refused.value)
+    assert "403" in message and "does not exist yet" in message and "\n" not in message
+    assert not refused.value.transient
+
+    _log_in(monkeypatch, accounts.pipeline_env())
+    tracking.client(cfg).create_registered_model(cfg.registered_model)
+    _log_in(monkeypatch, accounts.reader_env())
+    waiting = endpoint.Endpoint(cfg)
+    assert waiting.served is None and waiting.status().version is None
+    with pytest.raises(endpoint.RequestError) as unavailable:
+        waiting.invoke(b'{"inputs": ["x"]}', "application/json")
+    assert unavailable.value.status == 503
+    assert not waiting.poll_once() and waiting.last_poll_error is None
