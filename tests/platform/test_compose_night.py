@@ -37,7 +37,7 @@ import psutil
 import pytest
 
 from devtools import local_services, platform
-from devtools.airflow_api import AirflowApi
+from devtools.airflow_api import AirflowApi, ApiError
 from devtools.night import DAG_ID, NightRun, run_night
 from tests.support import mwd_images
 from weather_tasks import config, ingest, storage
@@ -353,10 +353,20 @@ def test_two_nights_through_compose(stack: Platform, tmp_path: Path) -> None:
     status, body, _ = _invoke(p.serve_url, b'{"inputs": ["x"]}')
     assert status == 503 and "no model to serve yet" in body["error"], (status, body)
 
-    # Night 1: real photos, the first champion.
+    # Bad params are refused by the API itself: no run is created.
+    with pytest.raises(ApiError) as refused:
+        api.trigger(DAG_ID, {**TINY, "model": "model_9"})
+    assert refused.value.status == 400 and "model" in json.dumps(refused.value.detail)
+    assert api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["total_entries"] == 0
+
+    # Night 1: real photos, the first champion; training on the gpu queue (the CPU worker
+    # takes it here).
     assert _upload(p, tmp_path / "night1", per_class=10, skip=0) == 40
     night1 = _night(p, {})
     night1_ended = time.monotonic()
+    assert night1.run_id is not None
+    tis = api.task_instances(DAG_ID, night1.run_id)
+    assert (tis["train"]["queue"], tis["ingest"]["queue"]) == ("gpu", "default")
     p.timings["night_1"] = night1.seconds
     p.timings["up_to_first_night"] = p.timings["up_to_healthy"] + time.monotonic() - t0
     assert night1.report["outcome"] == "promoted", night1.report
@@ -372,6 +382,8 @@ def test_two_nights_through_compose(stack: Platform, tmp_path: Path) -> None:
     assert consumer, f"the champion Asset event did not trigger {CONSUMER}"
     ended = api.wait_for_run(CONSUMER, consumer[0]["dag_run_id"], timeout=300)
     assert ended["state"] == "success" and ended["run_type"] == "asset_triggered", ended
+    announced = api.xcom(CONSUMER, ended["dag_run_id"], "new_champion")
+    assert (announced["version"], announced["pinned_model_uri"]) == ("1", f"models:/{MODEL}/1")
 
     # The plugin page, served by the api-server, shows the champion.
     with urllib.request.urlopen(p.airflow_url + "/weather-models/", timeout=60) as resp:
