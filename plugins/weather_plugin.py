@@ -1,6 +1,9 @@
 """The Airflow 3 plugin: a model-history page in the UI and an "MLflow run" task link.
 
 - ``fastapi_apps``: the page's FastAPI app, mounted by the API server at ``/weather-models``.
+  Airflow does not authenticate a plugin's app (a mount inherits none of the core API's
+  dependencies), so every route here requires Airflow's login itself: the UI's session cookie
+  (what the page's iframe sends) or a bearer token from ``/auth/token``; anonymous: 401.
 - ``external_views``: the nav entry (Browse > Weather models) that shows that page inside the
   Airflow UI (an iframe at ``/plugin/weather-models``).
 - ``operator_extra_links``: "MLflow run" on the train/evaluate/promote task instances.
@@ -10,8 +13,10 @@ No ML logic here: the page reads the registry and the evaluated runs, the link r
 
 from __future__ import annotations
 
+from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+from fastapi import Depends
 from weather_ui.app import create_app
 from weather_ui.links import MlflowRunLink
 
@@ -27,7 +32,11 @@ class _DecoratedTaskRunLink(MlflowRunLink):
 class WeatherPlugin(AirflowPlugin):
     name = "weather"
     fastapi_apps = [
-        {"app": create_app(), "url_prefix": URL_PREFIX, "name": "Weather model history"}
+        {
+            "app": create_app(dependencies=[Depends(requires_authenticated())]),
+            "url_prefix": URL_PREFIX,
+            "name": "Weather model history",
+        }
     ]
     external_views = [
         {

@@ -25,8 +25,10 @@ from __future__ import annotations
 import tempfile
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
@@ -96,9 +98,13 @@ def settings_from_env() -> PageSettings:
     )
 
 
-def create_app(settings: PageSettings | None = None) -> FastAPI:
-    """The page app; ``settings`` fixed for tests, else read from the environment per request."""
-    app = FastAPI(title="Weather model history", docs_url=None, redoc_url=None)
+def create_app(
+    settings: PageSettings | None = None, dependencies: Sequence[Any] = ()
+) -> FastAPI:
+    """The page app; ``settings`` fixed for tests, else read from the environment per request.
+    ``dependencies`` run before every route (the plugin passes Airflow's authentication)."""
+    app = FastAPI(title="Weather model history", docs_url=None, redoc_url=None,
+                  dependencies=list(dependencies))
     # Artifacts of a run never change, so a downloaded PNG is served from disk afterwards.
     # The cache directory is made on first use: every Airflow process loads the plugin.
     cache: list[Path] = []

@@ -11,6 +11,8 @@ photos) keep a night at a minute or two on 2 CPU cores.
 from __future__ import annotations
 
 import shutil
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +129,26 @@ def test_stack_is_local_with_a_login(airflow: dict[str, Any]) -> None:
     with pytest.raises(ApiError) as anonymous:
         stack.api._request("GET", f"/api/v2/dags/{DAG_ID}", token=None)
     assert anonymous.value.status == 401
+
+    # The plugin's page (mounted by the api-server, which authenticates none of a plugin's
+    # routes itself) wants the login too: a bearer token, or the UI's cookie as its iframe
+    # sends it.
+    page = f"{stack.url}/weather-models/"
+    for path in ("", "api/history", "versions/1/card"):
+        assert _get(page + path) == 401, path
+    assert _get(page, {"Authorization": f"Bearer {stack.api.token}"}) == 200
+    assert _get(page, {"Cookie": f"_token={stack.api.token}"}) == 200
+    assert _get(page, {"Cookie": "_token=forged"}) in (401, 403)
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> int:
+    """The status of ``GET url``."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=120) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_nights(airflow: dict[str, Any], tmp_path: Path) -> None:

@@ -385,8 +385,13 @@ def test_two_nights_through_compose(stack: Platform, tmp_path: Path) -> None:
     announced = api.xcom(CONSUMER, ended["dag_run_id"], "new_champion")
     assert (announced["version"], announced["pinned_model_uri"]) == ("1", f"models:/{MODEL}/1")
 
-    # The plugin page, served by the api-server, shows the champion.
-    with urllib.request.urlopen(p.airflow_url + "/weather-models/", timeout=60) as resp:
+    # The plugin page, served by the api-server to logged-in users, shows the champion.
+    plugin = urllib.request.Request(p.airflow_url + "/weather-models/")
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(plugin, timeout=60)
+    assert anonymous.value.code == 401
+    plugin.add_header("Authorization", f"Bearer {api.token}")
+    with urllib.request.urlopen(plugin, timeout=60) as resp:
         page = resp.read().decode()
     assert "model history" in page and "/weather-models/versions/1/card" in page
 
