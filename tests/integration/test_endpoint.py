@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from devtools import local_services
+from devtools.netproxy import FlakyProxy
 from tests.support import mwd_images
-from weather_tasks import config, endpoint, model_package, storage, tracking
+from weather_tasks import config, endpoint, model_package, serving, storage, tracking
 from weather_tasks.config import PipelineConfig
 
 pytestmark = pytest.mark.integration
@@ -283,6 +284,59 @@ def test_with_no_champion_yet_it_answers_503_until_one_comes(
         metrics = _request(f"{url}/metrics")[2].decode()
         assert 'weather_endpoint_requests_total{code="503"} 1.0' in metrics
         assert f"weather_endpoint_model_version {float(version)}" in metrics
+
+
+def test_failed_polls_and_broken_versions_keep_the_served_version(
+    ep_cfg: PipelineConfig, versions: list[str], photos: list[Path],
+    mlflow_server: local_services.Service,
+) -> None:
+    """MLflow unreachable during a poll, then a new champion that does not load: each is
+    logged, counted and retried at the next poll while the served version keeps answering."""
+    import mlflow
+
+    client = tracking.client(ep_cfg)
+    name = f"wc-faults-{uuid.uuid4().hex[:8]}"
+    for v in versions:  # v1 and v2 of the module's models, under a name of this test's own
+        mlflow.register_model(client.get_model_version(ep_cfg.registered_model, v).source, name)
+    client.set_registered_model_alias(name, tracking.CHAMPION, "1")
+    broken = {"2"}
+
+    def loader(uri: str, cfg: PipelineConfig) -> Any:
+        if uri.rsplit("/", 1)[1] in broken:
+            raise RuntimeError(f"cannot load {uri}: broken artifact")
+        return serving.load_model(uri, cfg)
+
+    proxy = FlakyProxy(int(mlflow_server.url.rsplit(":", 1)[1]))
+    try:
+        cfg = config.override(ep_cfg, registered_model=name, mlflow_tracking_uri=proxy.url,
+                              mlflow_http_retries=0, mlflow_http_timeout=10)
+        tracking.configure_process(cfg)  # as `weather serve` does (put back after the test)
+        ep = endpoint.Endpoint(cfg, loader=loader)
+        body = _split([_b64(photos[0])])
+        assert ep.invoke(body, "application/json")[0] == "1"
+
+        proxy.die_after(0)
+        assert not ep.poll_once()
+        assert ep.last_poll_error and "cannot connect" in ep.last_poll_error
+        assert proxy.url in ep.last_poll_error
+        assert ep.invoke(body, "application/json")[0] == "1"  # from memory, MLflow gone
+        proxy.revive()
+
+        client.set_registered_model_alias(name, tracking.CHAMPION, "2")
+        assert not ep.poll_once() and ep.last_poll_error is None
+        assert ep.invoke(body, "application/json")[0] == "1"
+        broken.clear()  # fixed: the next poll loads it
+        assert ep.poll_once() and ep.invoke(body, "application/json")[0] == "2"
+
+        metrics = ep.metrics.text().decode()
+        for line in ("weather_endpoint_poll_failures_total 1.0",
+                     "weather_endpoint_load_failures_total 1.0",
+                     "weather_endpoint_model_swaps_total 1.0",
+                     "weather_endpoint_model_version 2.0"):
+            assert line in metrics, line
+        assert ep.status().swaps == 1
+    finally:
+        proxy.close()
 
 
 def test_weather_serve_fails_in_one_line_when_mlflow_is_unreachable(
