@@ -29,6 +29,7 @@ TIERS = ("unit", "dags", "integration", "e2e", "platform")
 COSTLY = ("integration", "e2e", "platform", "slow")
 E2E_TIMEOUT_S = 1800  # a whole DAG run, a Celery or compose stack on 2 CPU cores; others: pyproject
 _DESELECTED = pytest.StashKey[int]()
+_TIER_OF: dict[str, str] = {}  # test node id -> its tier, set at collection
 _TIER_SECONDS: dict[str, list[float]] = {}  # tier -> [seconds, tests], printed at the end
 
 
@@ -49,6 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = _tier(item)
         if tier is None:
             continue
+        _TIER_OF[item.nodeid] = tier
         item.add_marker(tier)
         if tier in ("e2e", "platform") and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
@@ -66,9 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Add each phase's time (fixtures included) to the tier of the test's folder."""
-    parts = report.nodeid.split("/")  # tests/<tier>/test_x.py::test_y, from the rootdir
-    tier = parts[1] if len(parts) > 2 and parts[1] in TIERS else "other"
-    seconds = _TIER_SECONDS.setdefault(tier, [0.0, 0])
+    seconds = _TIER_SECONDS.setdefault(_TIER_OF.get(report.nodeid, "other"), [0.0, 0])
     seconds[0] += report.duration
     seconds[1] += report.when == "call"
 

@@ -328,14 +328,14 @@ class Endpoint:
         serving = f"still serving version {old.version}" if old else "nothing served yet"
         try:
             version = self._champion_version()
-            if version is None and old is not None:
-                raise LookupError(f"{self._no_champion()} any more")
-        except Exception as exc:  # noqa: BLE001 - unreachable MLflow, alias gone: keep serving
-            self.last_poll_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error = f"{self._no_champion()} any more" if version is None and old else None
+        except Exception as exc:  # noqa: BLE001 - unreachable MLflow: keep serving
+            version, error = None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.last_poll_error = error
+        if error is not None:
             self.metrics.poll_failures.inc()
-            log.warning("champion poll failed (%s): %s", serving, self.last_poll_error)
+            log.warning("champion poll failed (%s): %s", serving, error)
             return False
-        self.last_poll_error = None
         if version is None or (old is not None and version == old.version):
             return False
         try:
